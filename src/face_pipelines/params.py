@@ -1,0 +1,135 @@
+"""Parameter schemas, one pydantic model per section (= per conf/base/parameters_<section>.yml).
+
+Nodes call `validate_section(name, raw)`; the Kedro hook calls `validate_all` once per run so a bad key
+fails before any work starts. Unknown keys are errors (typos must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from face_pipelines.errors import ParameterError
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# common
+class CommonParams(Strict):
+    seed: int = Field(0, description="Global seed; every stage derives its own seeds from it.")
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'.")
+    num_workers: int = Field(0, ge=0, description="DataLoader / decoding worker processes (0 = in-process).")
+    progress: bool = Field(True, description="Show tqdm progress bars on long loops.")
+
+    @model_validator(mode="after")
+    def _check_device(self):
+        d = self.device
+        if not (d in {"auto", "cpu", "cuda"} or (d.startswith("cuda:") and d[5:].isdigit())):
+            raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {d!r}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# subset
+class SubsetParams(Strict):
+    source: Literal["faceworld", "folder", "recordio"] = Field(
+        "faceworld", description="Where raw faces come from: the embedded FaceWorld train pool, a "
+        "WebFace-style identity folder, or an insightface .rec/.idx pair.")
+    path: str | None = Field(None, description="Folder root or .rec path when source is folder/recordio.")
+    idx_path: str | None = Field(None, description=".idx path for recordio (default: <rec>.idx).")
+    n_ids: int = Field(..., gt=0, description="Number of identities to keep.")
+    min_images: int = Field(2, ge=1, description="Identities with fewer images are not eligible.")
+    max_images: int = Field(50, ge=1, description="Images per identity are capped at this (by seed).")
+    seed: int = Field(0, description="Seed for identity and image selection.")
+    image_size: int = Field(64, gt=0, description="Side of the packed square images (resized if needed).")
+    shard_size: int = Field(4096, gt=0, description="Images per packed uint8 shard.")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.max_images < self.min_images:
+            raise ValueError("max_images must be >= min_images")
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
+# later stages: schemas grow with their pipelines
+class EmptySection(Strict):
+    """A section whose pipeline takes no parameters yet: any key in it is unknown."""
+
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "common": CommonParams,
+    "subset": SubsetParams,
+    **{name: EmptySection for name in ("teacher", "vec2face", "sample", "render", "recognizer",
+                                       "evaluate")},
+}
+
+
+def register_schema(section: str, model: type[BaseModel]) -> None:
+    SCHEMAS[section] = model
+
+
+def _files_defining(section: str, conf_dirs: Iterable[Path]) -> list[str]:
+    found = []
+    for d in conf_dirs:
+        if not d.is_dir():
+            continue
+        for f in sorted(d.glob("parameters*.yml")) + sorted(d.glob("parameters*/**/*.yml")):
+            try:
+                data = yaml.safe_load(f.read_text()) or {}
+            except yaml.YAMLError:
+                continue
+            if isinstance(data, dict) and section in data:
+                found.append(str(f))
+    return found
+
+
+def _format(section: str, err: ValidationError, files: list[str]) -> str:
+    where = " / ".join(files) if files else f"the '{section}' parameters section"
+    lines = [f"Invalid parameters in {where}:"]
+    for e in err.errors():
+        key = ".".join([section, *[str(p) for p in e["loc"]]])
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = "unknown parameter (check the spelling; documented keys are in conf/base)"
+        elif e["type"] == "missing":
+            msg = "required parameter is missing"
+        lines.append(f"  {key}: {msg} (got {e.get('input')!r})" if e["type"] != "missing"
+                     else f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def validate_section(section: str, raw: Any, conf_dirs: Iterable[Path] = ()) -> BaseModel:
+    """Validate one section; raises ParameterError naming the file(s) and the key."""
+    model = SCHEMAS.get(section)
+    if model is None:
+        raise ParameterError(f"unknown parameters section '{section}'; known: {sorted(SCHEMAS)}")
+    if not isinstance(raw, Mapping):
+        files = _files_defining(section, conf_dirs)
+        raise ParameterError(f"parameters '{section}' in {files or 'config'} must be a mapping, "
+                             f"got {type(raw).__name__}")
+    try:
+        return model.model_validate(dict(raw))
+    except ValidationError as err:
+        raise ParameterError(_format(section, err, _files_defining(section, conf_dirs))) from None
+
+
+def validate_all(params: Mapping[str, Any], conf_dirs: Iterable[Path] = ()) -> dict[str, BaseModel]:
+    conf_dirs = list(conf_dirs)
+    out = {}
+    for section, raw in params.items():
+        if section not in SCHEMAS:
+            files = _files_defining(section, conf_dirs)
+            raise ParameterError(
+                f"unknown parameters section '{section}' in {files or 'config'}; "
+                f"known sections: {sorted(SCHEMAS)}"
+            )
+        out[section] = validate_section(section, raw, conf_dirs)
+    return out

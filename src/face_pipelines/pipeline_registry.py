@@ -1,0 +1,32 @@
+"""Registers the project's pipelines under the names users type after `--pipelines`."""
+
+from kedro.pipeline import Pipeline
+
+from face_pipelines.pipelines import (
+    evaluate,
+    recognizer,
+    render,
+    sample,
+    subset,
+    teacher,
+    vec2face,
+)
+
+STAGES = ("subset", "teacher", "vec2face", "sample", "render", "recognizer", "evaluate")
+SYNTH = ("subset", "teacher", "vec2face", "sample", "render")
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    modules = {
+        "subset": subset,
+        "teacher": teacher,
+        "vec2face": vec2face,
+        "sample": sample,
+        "render": render,
+        "recognizer": recognizer,
+        "evaluate": evaluate,
+    }
+    pipes: dict[str, Pipeline] = {name: modules[name].create_pipeline() for name in STAGES}
+    pipes["synth"] = sum((pipes[n] for n in SYNTH), Pipeline([]))
+    pipes["__default__"] = sum((pipes[n] for n in STAGES), Pipeline([]))
+    return pipes

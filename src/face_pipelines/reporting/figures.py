@@ -1,0 +1,35 @@
+"""Figures for reports and MLflow (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def images_per_identity_figure(manifest: pd.DataFrame, title: str = "images per identity"):
+    """Histogram of images per identity of a manifest."""
+    counts = manifest.groupby("identity").size().to_numpy()
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    bins = np.arange(counts.min(), counts.max() + 2) - 0.5 if counts.max() - counts.min() < 60 else 40
+    ax.hist(counts, bins=bins, color="#4c72b0", edgecolor="white")
+    ax.set_xlabel("images per identity")
+    ax.set_ylabel("identities")
+    ax.set_title(f"{title} (n={len(counts)}, images={counts.sum()})")
+    fig.tight_layout()
+    return fig
+
+
+def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
+    """Tile uint8 images [N,H,W,3] into one uint8 grid image (row-major)."""
+    n, h, w, c = images.shape
+    nrows = int(np.ceil(n / ncols))
+    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for i in range(n):
+        r, col = divmod(i, ncols)
+        y, x = pad + r * (h + pad), pad + col * (w + pad)
+        grid[y : y + h, x : x + w] = images[i]
+    return grid

@@ -1,0 +1,34 @@
+"""Kedro project settings.
+
+Parameters are soft-merged across environments so that `--env paper` can override a single nested key
+(e.g. `faceworld.image_size`) without restating the whole section.
+"""
+
+import os
+
+# Telemetry must never prompt (CI, tests, first runs). Set before any plugin is imported.
+os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+
+from kedro.config import OmegaConfigLoader  # noqa: E402
+
+from face_pipelines.hooks import ParameterValidationHooks  # noqa: E402
+
+HOOKS = (ParameterValidationHooks(),)
+
+CONFIG_LOADER_CLASS = OmegaConfigLoader
+def _env(key: str, default: str | None = None) -> str | None:
+    """`${env:NAME,default}` in conf files (OmegaConf's oc.env is limited to credentials)."""
+    return os.environ.get(key, default)
+
+
+CONFIG_LOADER_ARGS = {
+    "custom_resolvers": {"env": _env},
+    "base_env": "base",
+    "default_run_env": "local",
+    "merge_strategy": {"parameters": "soft", "mlflow": "soft"},
+    "config_patterns": {
+        "mlflow": ["mlflow*", "mlflow*/**"],
+    },
+}

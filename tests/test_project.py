@@ -1,0 +1,113 @@
+"""The project skeleton: imports, pipeline registry, config environments, DVC stages."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kedro.config import OmegaConfigLoader
+
+from face_pipelines.errors import ParameterError
+from face_pipelines.params import validate_all, validate_section
+
+STAGES = {"subset", "teacher", "vec2face", "sample", "render", "recognizer", "evaluate"}
+
+
+def _loader(conf: Path, env: str) -> OmegaConfigLoader:
+    from face_pipelines import settings
+
+    return OmegaConfigLoader(conf_source=str(conf), env=env, **settings.CONFIG_LOADER_ARGS)
+
+
+def test_pipelines_register(repo_root):
+    from kedro.framework.project import pipelines
+    from kedro.framework.startup import bootstrap_project
+
+    bootstrap_project(repo_root)
+    names = set(pipelines.keys())
+    assert STAGES | {"synth", "__default__"} <= names
+    synth_nodes = {n.name for n in pipelines["synth"].nodes}
+    default_nodes = {n.name for n in pipelines["__default__"].nodes}
+    for stage in ("subset", "teacher", "vec2face", "sample", "render"):
+        assert {n.name for n in pipelines[stage].nodes} <= synth_nodes
+    assert synth_nodes <= default_nodes
+    assert "select_subset" in synth_nodes
+
+
+@pytest.mark.parametrize("env", ["local", "paper"])
+def test_config_loads_and_validates(repo_root, env):
+    params = _loader(repo_root / "conf", env)["parameters"]
+    assert STAGES <= set(params)
+    validated = validate_all(params, conf_dirs=[repo_root / "conf" / "base"])
+    assert validated["subset"].n_ids > 0
+
+
+def test_paper_env_soft_merges_single_nested_keys(repo_root):
+    base = _loader(repo_root / "conf", "local")["parameters"]
+    paper = _loader(repo_root / "conf", "paper")["parameters"]
+    # paper changes the subset size and source but keeps keys it does not mention
+    assert paper["subset"]["n_ids"] != base["subset"]["n_ids"]
+    assert paper["subset"]["seed"] == base["subset"]["seed"]
+    assert paper["common"]["progress"] == base["common"]["progress"]
+    assert paper["common"]["num_workers"] != base["common"]["num_workers"]
+
+
+def test_mlflow_config_uses_sqlite_and_env_override(repo_root, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    conf = _loader(repo_root / "conf", "local")["mlflow"]
+    assert conf["server"]["mlflow_tracking_uri"] == "sqlite:///mlflow.db"
+    assert conf["tracking"]["experiment"]["name"] == "face_pipelines"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:////tmp/elsewhere.db")
+    conf = _loader(repo_root / "conf", "local")["mlflow"]
+    assert conf["server"]["mlflow_tracking_uri"] == "sqlite:////tmp/elsewhere.db"
+
+
+def test_malformed_parameters_file_names_the_file(project_copy):
+    bad = project_copy / "conf" / "base" / "parameters_subset.yml"
+    bad.write_text("subset:\n  n_ids: [1, 2\n  seed: 0\n")
+    with pytest.raises(Exception) as exc:
+        _loader(project_copy / "conf", "local")["parameters"]
+    assert "parameters_subset.yml" in str(exc.value)
+
+
+def test_unknown_parameter_names_file_and_key(project_copy):
+    f = project_copy / "conf" / "base" / "parameters_subset.yml"
+    f.write_text(f.read_text().replace("n_ids:", "n_idz: 3\n  n_ids:"))
+    params = _loader(project_copy / "conf", "local")["parameters"]
+    with pytest.raises(ParameterError) as exc:
+        validate_all(params, conf_dirs=[project_copy / "conf" / "base"])
+    msg = str(exc.value)
+    assert "parameters_subset.yml" in msg and "subset.n_idz" in msg and "unknown" in msg
+
+
+def test_ill_typed_parameter_names_key():
+    with pytest.raises(ParameterError) as exc:
+        validate_section("subset", {"n_ids": "many"})
+    assert "subset.n_ids" in str(exc.value)
+    with pytest.raises(ParameterError) as exc:
+        validate_section("common", {"device": "tpu"})
+    assert "device" in str(exc.value)
+
+
+def test_unknown_section_is_refused(project_copy):
+    (project_copy / "conf" / "base" / "parameters_typo.yml").write_text("subsett: {n_ids: 3}\n")
+    params = _loader(project_copy / "conf", "local")["parameters"]
+    with pytest.raises(ParameterError, match=r"subsett.*parameters_typo.yml"):
+        validate_all(params, conf_dirs=[project_copy / "conf" / "base"])
+
+
+def test_dvc_lists_every_stage(repo_root):
+    dvc = Path(sys.executable).with_name("dvc")
+    out = subprocess.run([str(dvc), "stage", "list"], cwd=repo_root, capture_output=True,
+                         text=True, check=True).stdout
+    listed = {line.split()[0] for line in out.splitlines() if line.strip()}
+    assert STAGES <= listed
+
+
+def test_kedro_cli_accepts_legacy_pipeline_flag(repo_root):
+    kedro = Path(sys.executable).with_name("kedro")
+    out = subprocess.run([str(kedro), "run", "--help"], cwd=repo_root, capture_output=True,
+                         text=True, check=True).stdout
+    assert "--pipeline" in out
