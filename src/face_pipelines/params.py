@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from face_pipelines.errors import ParameterError
+from face_pipelines.faceworld.config import FaceWorldConfig
 
 
 class Strict(BaseModel):
@@ -24,8 +25,12 @@ class Strict(BaseModel):
 # common
 class CommonParams(Strict):
     seed: int = Field(0, description="Global seed; every stage derives its own seeds from it.")
-    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'.")
-    num_workers: int = Field(0, ge=0, description="DataLoader / decoding worker processes (0 = in-process).")
+    device: str = Field(
+        "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'."
+    )
+    num_workers: int = Field(
+        0, ge=0, description="DataLoader / decoding worker processes (0 = in-process)."
+    )
     progress: bool = Field(True, description="Show tqdm progress bars on long loops.")
 
     @model_validator(mode="after")
@@ -40,15 +45,23 @@ class CommonParams(Strict):
 # subset
 class SubsetParams(Strict):
     source: Literal["faceworld", "folder", "recordio"] = Field(
-        "faceworld", description="Where raw faces come from: the embedded FaceWorld train pool, a "
-        "WebFace-style identity folder, or an insightface .rec/.idx pair.")
-    path: str | None = Field(None, description="Folder root or .rec path when source is folder/recordio.")
+        "faceworld",
+        description="Where raw faces come from: the embedded FaceWorld train pool, a "
+        "WebFace-style identity folder, or an insightface .rec/.idx pair.",
+    )
+    path: str | None = Field(
+        None, description="Folder root or .rec path when source is folder/recordio."
+    )
     idx_path: str | None = Field(None, description=".idx path for recordio (default: <rec>.idx).")
     n_ids: int = Field(..., gt=0, description="Number of identities to keep.")
     min_images: int = Field(2, ge=1, description="Identities with fewer images are not eligible.")
-    max_images: int = Field(50, ge=1, description="Images per identity are capped at this (by seed).")
+    max_images: int = Field(
+        50, ge=1, description="Images per identity are capped at this (by seed)."
+    )
     seed: int = Field(0, description="Seed for identity and image selection.")
-    image_size: int = Field(64, gt=0, description="Side of the packed square images (resized if needed).")
+    image_size: int = Field(
+        64, gt=0, description="Side of the packed square images (resized if needed)."
+    )
     shard_size: int = Field(4096, gt=0, description="Images per packed uint8 shard.")
 
     @model_validator(mode="after")
@@ -60,6 +73,19 @@ class SubsetParams(Strict):
 
 # --------------------------------------------------------------------------------------------------
 # later stages: schemas grow with their pipelines
+# --------------------------------------------------------------------------------------------------
+# faceworld (the embedded data; lives in parameters_subset.yml next to the subset that samples it)
+class FaceWorldParams(FaceWorldConfig):
+    enabled: bool = Field(
+        True,
+        description="Materialise FaceWorld (off in conf/paper when every "
+        "input - subset, teacher, benchmarks - comes from real data by path).",
+    )
+
+    def world(self) -> FaceWorldConfig:
+        return FaceWorldConfig.model_validate(self.model_dump(exclude={"enabled"}))
+
+
 class EmptySection(Strict):
     """A section whose pipeline takes no parameters yet: any key in it is unknown."""
 
@@ -67,8 +93,11 @@ class EmptySection(Strict):
 SCHEMAS: dict[str, type[BaseModel]] = {
     "common": CommonParams,
     "subset": SubsetParams,
-    **{name: EmptySection for name in ("teacher", "vec2face", "sample", "render", "recognizer",
-                                       "evaluate")},
+    "faceworld": FaceWorldParams,
+    **{
+        name: EmptySection
+        for name in ("teacher", "vec2face", "sample", "render", "recognizer", "evaluate")
+    },
 }
 
 
@@ -101,8 +130,11 @@ def _format(section: str, err: ValidationError, files: list[str]) -> str:
             msg = "unknown parameter (check the spelling; documented keys are in conf/base)"
         elif e["type"] == "missing":
             msg = "required parameter is missing"
-        lines.append(f"  {key}: {msg} (got {e.get('input')!r})" if e["type"] != "missing"
-                     else f"  {key}: {msg}")
+        lines.append(
+            f"  {key}: {msg} (got {e.get('input')!r})"
+            if e["type"] != "missing"
+            else f"  {key}: {msg}"
+        )
     return "\n".join(lines)
 
 
@@ -113,8 +145,10 @@ def validate_section(section: str, raw: Any, conf_dirs: Iterable[Path] = ()) -> 
         raise ParameterError(f"unknown parameters section '{section}'; known: {sorted(SCHEMAS)}")
     if not isinstance(raw, Mapping):
         files = _files_defining(section, conf_dirs)
-        raise ParameterError(f"parameters '{section}' in {files or 'config'} must be a mapping, "
-                             f"got {type(raw).__name__}")
+        raise ParameterError(
+            f"parameters '{section}' in {files or 'config'} must be a mapping, "
+            f"got {type(raw).__name__}"
+        )
     try:
         return model.model_validate(dict(raw))
     except ValidationError as err:

@@ -18,6 +18,8 @@ from face_pipelines.hooks import ParameterValidationHooks  # noqa: E402
 HOOKS = (ParameterValidationHooks(),)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
+
+
 def _env(key: str, default: str | None = None) -> str | None:
     """`${env:NAME,default}` in conf files (OmegaConf's oc.env is limited to credentials)."""
     return os.environ.get(key, default)

@@ -26,8 +26,13 @@ class DirectoryDataset(AbstractDataset[None, Path]):
         description: what the folder holds; shown in the error when it is missing.
     """
 
-    def __init__(self, path: str, must_exist: bool = False, description: str = "",
-                 metadata: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        path: str,
+        must_exist: bool = False,
+        description: str = "",
+        metadata: dict[str, Any] | None = None,
+    ):
         self._path = PurePosixPath(path)
         self._must_exist = must_exist
         self._description = description

@@ -21,7 +21,9 @@ from face_pipelines.io.manifest import validate_manifest
 from face_pipelines.io.packed import PackedWriter
 
 
-def manifest_from_recordio(rec_path: str | Path, idx_path: str | Path | None = None) -> pd.DataFrame:
+def manifest_from_recordio(
+    rec_path: str | Path, idx_path: str | Path | None = None
+) -> pd.DataFrame:
     """One row per image record of an insightface .rec: `record` (ordinal) and `identity` (label)."""
     from face_pipelines.io.recordio import read_recordio
 
@@ -134,7 +136,9 @@ def pack_subset(
         )
     kept, skipped = [], []
     with PackedWriter(out_dir, image_size=image_size, shard_size=shard_size) as writer:
-        bar = tqdm(images, total=len(manifest), desc="pack subset", unit="img", disable=not progress)
+        bar = tqdm(
+            images, total=len(manifest), desc="pack subset", unit="img", disable=not progress
+        )
         for row_idx, img in enumerate(bar):
             if isinstance(img, str):
                 skipped.append(img)
@@ -142,8 +146,12 @@ def pack_subset(
             writer.add(img, int(manifest["identity"].iat[row_idx]))
             kept.append(row_idx)
     packed = manifest.iloc[kept].reset_index(drop=True)
-    report = {"requested": int(len(manifest)), "packed": int(len(packed)),
-              "skipped": len(skipped), "skipped_items": skipped}
+    report = {
+        "requested": int(len(manifest)),
+        "packed": int(len(packed)),
+        "skipped": len(skipped),
+        "skipped_items": skipped,
+    }
     if skipped and packed["identity"].nunique() != manifest["identity"].nunique():
         raise DataError(
             f"{len(skipped)} images could not be decoded and whole identities were lost: "

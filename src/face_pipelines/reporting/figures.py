@@ -14,7 +14,9 @@ def images_per_identity_figure(manifest: pd.DataFrame, title: str = "images per 
     """Histogram of images per identity of a manifest."""
     counts = manifest.groupby("identity").size().to_numpy()
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
-    bins = np.arange(counts.min(), counts.max() + 2) - 0.5 if counts.max() - counts.min() < 60 else 40
+    bins = (
+        np.arange(counts.min(), counts.max() + 2) - 0.5 if counts.max() - counts.min() < 60 else 40
+    )
     ax.hist(counts, bins=bins, color="#4c72b0", edgecolor="white")
     ax.set_xlabel("images per identity")
     ax.set_ylabel("identities")

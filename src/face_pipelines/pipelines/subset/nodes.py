@@ -27,7 +27,7 @@ def materialise_faceworld_pools(faceworld_dir: Path, faceworld: dict, common: di
     if not cfg.enabled:
         return {"enabled": False, "root": str(faceworld_dir)}
     info = materialise_faceworld(
-        cfg.world, faceworld_dir, num_workers=com.num_workers, progress=com.progress
+        cfg.world(), faceworld_dir, num_workers=com.num_workers, progress=com.progress
     )
     return {"enabled": True, "root": str(faceworld_dir), **info}
 
@@ -38,9 +38,17 @@ def _source(subset, faceworld_info: dict) -> tuple[str, Path | None, Path | None
             raise ValueError("subset.source is 'faceworld' but faceworld.enabled is false")
         return "folder", Path(faceworld_info["root"]) / "train", None
     if subset.source == "folder":
-        return "folder", require_path(subset.path, "subset.path", "a WebFace-style identity-folder root"), None
+        return (
+            "folder",
+            require_path(subset.path, "subset.path", "a WebFace-style identity-folder root"),
+            None,
+        )
     rec = require_path(subset.path, "subset.path", "an insightface .rec file")
-    idx = require_path(subset.idx_path, "subset.idx_path", "the .idx next to the .rec") if subset.idx_path else None
+    idx = (
+        require_path(subset.idx_path, "subset.idx_path", "the .idx next to the .rec")
+        if subset.idx_path
+        else None
+    )
     return "recordio", rec, idx
 
 
@@ -51,8 +59,13 @@ def select_subset(faceworld_info: dict, subset: dict, common: dict) -> tuple[pd.
     kind, root, idx = _source(p, faceworld_info)
     if p.source == "faceworld":
         raw = pd.read_parquet(root / "labels.parquet")
-        report = {"source": "faceworld", "root": str(root), "scanned": len(raw), "kept": len(raw),
-                  "skipped": {}}
+        report = {
+            "source": "faceworld",
+            "root": str(root),
+            "scanned": len(raw),
+            "kept": len(raw),
+            "skipped": {},
+        }
     elif kind == "folder":
         raw, report = scan_identity_folders(
             root, num_workers=com.num_workers, verify=True, progress=com.progress
@@ -60,8 +73,13 @@ def select_subset(faceworld_info: dict, subset: dict, common: dict) -> tuple[pd.
         report = {"source": "folder", **report}
     else:
         raw = manifest_from_recordio(root, idx)
-        report = {"source": "recordio", "root": str(root), "scanned": len(raw), "kept": len(raw),
-                  "skipped": {}}
+        report = {
+            "source": "recordio",
+            "root": str(root),
+            "scanned": len(raw),
+            "kept": len(raw),
+            "skipped": {},
+        }
     manifest = select_identities(raw, p.n_ids, p.min_images, p.max_images, p.seed)
     report["source_identities"] = int(raw["identity"].nunique())
     report["selected_identities"] = int(manifest["identity"].nunique())
@@ -98,10 +116,12 @@ def summarise_subset(packed_manifest: pd.DataFrame, pack_report: dict):
         "identities": int(counts.size),
         "images": int(len(packed_manifest)),
         "images_per_identity": {
-            "min": int(counts.min()), "median": float(counts.median()),
-            "mean": float(counts.mean()), "max": int(counts.max()),
+            "min": int(counts.min()),
+            "median": float(counts.median()),
+            "mean": float(counts.mean()),
+            "max": int(counts.max()),
         },
         "skipped_images": int(pack_report["skipped"]),
     }
     fig = images_per_identity_figure(packed_manifest, title="subset")
-    return stats, fig, flat_metrics(stats, prefix="subset")
+    return stats, fig, flat_metrics(stats)

@@ -22,15 +22,24 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 pack_selected,
-                inputs=["subset_manifest", "faceworld_info", "subset_packed_dir", "params:subset",
-                        "params:common"],
+                inputs=[
+                    "subset_manifest",
+                    "faceworld_info",
+                    "subset_packed_dir",
+                    "params:subset",
+                    "params:common",
+                ],
                 outputs=["subset_packed_manifest", "subset_pack_report"],
                 name="pack_subset",
             ),
             Node(
                 summarise_subset,
                 inputs=["subset_packed_manifest", "subset_pack_report"],
-                outputs=["subset_stats", "subset_images_per_identity_plot", "subset_mlflow_metrics"],
+                outputs=[
+                    "subset_stats",
+                    "subset_images_per_identity_plot",
+                    "subset_mlflow_metrics",
+                ],
                 name="summarise_subset",
             ),
         ]

@@ -1,0 +1,312 @@
+"""Training data: a Dataset over packed images with face-recognition augmentations, and a loader.
+
+Samples stay uint8 (CHW) on the CPU side - four times less to copy than float - and are normalised on
+the device with `to_device_normalised`: (x / 255 - 0.5) / 0.5, i.e. [-1, 1].
+
+Augmentations (each applied with its own probability, in this order):
+1. random-resized crop with zero padding: a random box (area `crop_scale`, aspect `crop_ratio`) keeps
+   its pixels at their place and everything outside it becomes black - the face does not move, so
+   alignment is kept while parts of it disappear;
+2. low resolution: down-scale to a random fraction (`low_res_scale`) of the side with a random
+   interpolation, then back up;
+3. colour jitter: brightness, contrast and saturation factors drawn from [1 - x, 1 + x];
+4. horizontal flip;
+5. random erasing: a random box (area `erasing_scale`, aspect `erasing_ratio`) set to 0.
+`AugmentationConfig.hsface()` is the recipe used to train recognizers on HSFace (Vec2Face paper).
+
+Randomness comes from a per-sample seed that `EpochSampler(with_sample_seeds=True)` passes in with
+the index, so a run gives the same images whatever the number of workers and after a resume.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from face_pipelines.errors import ParameterError
+from face_pipelines.io.packed import PackedImages
+from face_pipelines.training.distributed import EpochSampler
+
+_RESAMPLE = (
+    Image.Resampling.NEAREST,
+    Image.Resampling.BILINEAR,
+    Image.Resampling.BICUBIC,
+    Image.Resampling.BOX,
+    Image.Resampling.LANCZOS,
+)
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """Probabilities and ranges of the training augmentations (all off except flip by default).
+
+    Attributes:
+        flip_prob: probability of a horizontal flip.
+        crop_prob: probability of a random-resized crop with zero padding.
+        crop_scale: (min, max) area fraction of the kept box.
+        crop_ratio: (min, max) aspect ratio (width / height) of the kept box.
+        low_res_prob: probability of down- then up-scaling.
+        low_res_scale: (min, max) side fraction of the low-resolution intermediate.
+        color_jitter_prob: probability of colour jitter.
+        brightness: brightness factor range is [1 - brightness, 1 + brightness].
+        contrast: contrast factor range is [1 - contrast, 1 + contrast].
+        saturation: saturation factor range is [1 - saturation, 1 + saturation].
+        erasing_prob: probability of random erasing.
+        erasing_scale: (min, max) area fraction of the erased box.
+        erasing_ratio: (min, max) aspect ratio of the erased box.
+    """
+
+    flip_prob: float = 0.5
+    crop_prob: float = 0.0
+    crop_scale: tuple[float, float] = (0.2, 1.0)
+    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
+    low_res_prob: float = 0.0
+    low_res_scale: tuple[float, float] = (0.2, 1.0)
+    color_jitter_prob: float = 0.0
+    brightness: float = 0.5
+    contrast: float = 0.5
+    saturation: float = 0.5
+    erasing_prob: float = 0.0
+    erasing_scale: tuple[float, float] = (0.02, 0.33)
+    erasing_ratio: tuple[float, float] = (0.3, 3.3)
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if name.endswith("_prob") and not 0.0 <= value <= 1.0:
+                raise ParameterError(f"augmentation {name} must be in [0, 1], got {value}")
+            if isinstance(value, tuple) and not (len(value) == 2 and 0 < value[0] <= value[1]):
+                raise ParameterError(f"augmentation {name} must be (min, max) with 0 < min <= max")
+
+    @classmethod
+    def none(cls) -> AugmentationConfig:
+        """No augmentation at all (the Vec2Face generator trains on plain images)."""
+        return cls(flip_prob=0.0)
+
+    @classmethod
+    def flip_only(cls) -> AugmentationConfig:
+        """Horizontal flip only (insightface arcface_torch)."""
+        return cls()
+
+    @classmethod
+    def hsface(cls) -> AugmentationConfig:
+        """HSFace recognizer recipe: crop / low-res / jitter 0.5 each at p=0.3, flip, erasing."""
+        return cls(
+            flip_prob=0.5, crop_prob=0.3, low_res_prob=0.3, color_jitter_prob=0.3, erasing_prob=0.5
+        )
+
+    @property
+    def active(self) -> bool:
+        """True if any augmentation can fire."""
+        return any(v > 0 for k, v in asdict(self).items() if k.endswith("_prob"))
+
+
+def _random_box(
+    rng: random.Random, h: int, w: int, scale: tuple[float, float], ratio: tuple[float, float]
+) -> tuple[int, int, int, int]:
+    """(top, left, height, width) of a box with random area and aspect (torchvision's recipe)."""
+    area = h * w
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(*log_ratio))
+        bw = int(round(math.sqrt(target * aspect)))
+        bh = int(round(math.sqrt(target / aspect)))
+        if 0 < bw <= w and 0 < bh <= h:
+            return rng.randint(0, h - bh), rng.randint(0, w - bw), bh, bw
+    return 0, 0, h, w
+
+
+def augment_image(image: np.ndarray, config: AugmentationConfig, rng: random.Random) -> np.ndarray:
+    """Apply `config` to one uint8 RGB image [H, W, 3]; returns a new (or the same) uint8 array."""
+    h, w = image.shape[:2]
+    out = image
+    if config.crop_prob and rng.random() < config.crop_prob:
+        top, left, bh, bw = _random_box(rng, h, w, config.crop_scale, config.crop_ratio)
+        padded = np.zeros_like(out)
+        padded[top : top + bh, left : left + bw] = out[top : top + bh, left : left + bw]
+        out = padded
+    if config.low_res_prob and rng.random() < config.low_res_prob:
+        side = rng.uniform(*config.low_res_scale)
+        resample = rng.choice(_RESAMPLE)
+        small = (max(1, int(w * side)), max(1, int(h * side)))
+        pil = Image.fromarray(np.ascontiguousarray(out)).resize(small, resample)
+        out = np.asarray(pil.resize((w, h), resample))
+    if config.color_jitter_prob and rng.random() < config.color_jitter_prob:
+        out = _color_jitter(out, config, rng)
+    if config.flip_prob and rng.random() < config.flip_prob:
+        out = out[:, ::-1]
+    if config.erasing_prob and rng.random() < config.erasing_prob:
+        top, left, bh, bw = _random_box(rng, h, w, config.erasing_scale, config.erasing_ratio)
+        out = np.array(out)
+        out[top : top + bh, left : left + bw] = 0
+    return out
+
+
+def _color_jitter(image: np.ndarray, config: AugmentationConfig, rng: random.Random) -> np.ndarray:
+    # Each factor blends with a reference (black, mean grey, per-pixel grey) and clamps, like
+    # torchvision's ColorJitter; done in place on one float32 copy.
+    x = image.astype(np.float32)
+    gray_weights = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    if config.brightness:
+        x *= rng.uniform(1 - config.brightness, 1 + config.brightness)
+        np.clip(x, 0, 255, out=x)
+    if config.contrast:
+        factor = rng.uniform(1 - config.contrast, 1 + config.contrast)
+        mean = float((x @ gray_weights).mean())
+        x *= factor
+        x += (1 - factor) * mean
+        np.clip(x, 0, 255, out=x)
+    if config.saturation:
+        factor = rng.uniform(1 - config.saturation, 1 + config.saturation)
+        gray = x @ gray_weights
+        gray *= 1 - factor
+        x *= factor
+        x += gray[..., None]
+        np.clip(x, 0, 255, out=x)
+    return np.rint(x, out=x).astype(np.uint8)
+
+
+class PackedFaceDataset(Dataset):
+    """Map-style dataset of (uint8 CHW image tensor, int label) over a packed folder.
+
+    Keys are indices, or `(index, sample_seed)` pairs from `EpochSampler(with_sample_seeds=True)`
+    (then the augmentation of that sample is a pure function of the seed). With a plain index the
+    augmentation draws from Python's global `random`.
+
+    Args:
+        packed: a PackedImages reader or the packed folder.
+        augmentation: what to apply (default: none).
+        indices: optional subset of packed image numbers; dataset item i is packed image indices[i].
+    """
+
+    accepts_sample_seeds = True
+
+    def __init__(
+        self,
+        packed: PackedImages | str | os.PathLike,
+        augmentation: AugmentationConfig | None = None,
+        indices: np.ndarray | None = None,
+    ):
+        self.packed = packed if isinstance(packed, PackedImages) else PackedImages(Path(packed))
+        self.augmentation = augmentation or AugmentationConfig.none()
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self.packed) if self.indices is None else len(self.indices)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes of the packed set."""
+        return self.packed.num_classes
+
+    @property
+    def labels(self) -> np.ndarray:
+        """int64 labels of the dataset's items."""
+        labels = self.packed.labels
+        return labels if self.indices is None else labels[self.indices]
+
+    def _split_keys(self, keys: list[Any]) -> tuple[np.ndarray, list[random.Random | None]]:
+        positions, rngs = [], []
+        for key in keys:
+            if isinstance(key, tuple | list):
+                positions.append(int(key[0]))
+                rngs.append(random.Random(int(key[1])))
+            else:
+                positions.append(int(key))
+                rngs.append(None)
+        idx = np.asarray(positions, dtype=np.int64)
+        if self.indices is not None:
+            idx = self.indices[idx]
+        return idx, rngs
+
+    def _finish(self, image: np.ndarray, label: int, rng: random.Random | None):
+        if self.augmentation.active:
+            # The `random` module offers the same methods as a Random instance (global state).
+            image = augment_image(image, self.augmentation, rng or random)
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1))
+        return torch.from_numpy(chw), int(label)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        (i,), (rng,) = self._split_keys([key])
+        image, label = self.packed[int(i)]
+        return self._finish(image, label, rng)
+
+    def __getitems__(self, keys: list[Any]) -> list[tuple[torch.Tensor, int]]:
+        """Batch fetch used by the DataLoader: one sorted gather per shard instead of B reads."""
+        idx, rngs = self._split_keys(list(keys))
+        images, labels = self.packed.get_batch(idx)
+        return [self._finish(images[j], labels[j], rngs[j]) for j in range(len(idx))]
+
+
+def to_device_normalised(
+    images: torch.Tensor, device: torch.device | str, channels_last: bool = False
+) -> torch.Tensor:
+    """uint8 [B, 3, H, W] -> float32 on `device`, (x / 255 - 0.5) / 0.5, optionally channels_last."""
+    x = images.to(device, non_blocking=True).float().div_(255.0).sub_(0.5).div_(0.5)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
+
+
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    *,
+    shuffle: bool = True,
+    seed: int = 0,
+    num_workers: int = 0,
+    device: torch.device | str = "cpu",
+    drop_last: bool = True,
+    persistent_workers: bool = True,
+    prefetch_factor: int | None = 4,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> DataLoader:
+    """A DataLoader with a deterministic, resumable, rank-sharded `EpochSampler`.
+
+    Args:
+        dataset: any map-style dataset; `PackedFaceDataset` also gets per-sample seeds.
+        batch_size: batch size per process (the global batch is batch_size * world_size).
+        shuffle: new permutation every epoch (seeded by `seed` and the epoch).
+        seed: data-order seed.
+        num_workers: worker processes (0 = load in the training process).
+        device: target device; pinned memory is used for CUDA.
+        drop_last: drop the last incomplete batch (and trim the epoch to the world size).
+        persistent_workers: keep workers alive between epochs (when num_workers > 0).
+        prefetch_factor: batches each worker prepares ahead (when num_workers > 0).
+        rank, world_size: default from the process group / torchrun env.
+    """
+    if batch_size <= 0:
+        raise ParameterError(f"batch_size must be > 0, got {batch_size}")
+    sampler = EpochSampler(
+        len(dataset),
+        shuffle=shuffle,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+        drop_last=drop_last,
+        with_sample_seeds=bool(getattr(dataset, "accepts_sample_seeds", False)),
+    )
+    workers = int(num_workers)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        sampler=sampler,
+        num_workers=workers,
+        pin_memory=torch.device(device).type == "cuda",
+        drop_last=drop_last,
+        persistent_workers=persistent_workers and workers > 0,
+        prefetch_factor=prefetch_factor if workers > 0 else None,
+        # A private generator: creating a loader iterator then never draws from the global RNG, so
+        # resuming mid-epoch does not shift dropout & co.
+        generator=torch.Generator().manual_seed(int(seed)),
+    )

@@ -1,0 +1,298 @@
+"""Training a face recognizer (backbone + margin head) on a packed dataset.
+
+Used three times: the teacher (features for Vec2Face), the recognizer trained on the synthetic set,
+and the baseline trained on the real subset - all with this one function, so recipes are identical.
+`method` switches between plain margin losses (arcface | cosface | magface) and TopoFR (perturbation-
+guided structure alignment + structure damage estimation on top of an ArcFace/CosFace base).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from torch import nn
+
+from face_pipelines.io.checkpoint import save_checkpoint
+from face_pipelines.io.packed import PackedImages
+from face_pipelines.losses.perturbations import random_structure_perturbation
+from face_pipelines.losses.topofr import (
+    input_space_distances,
+    latent_space_distances,
+    sde_weights,
+    structure_alignment_loss,
+    topology_discrepancy,
+)
+from face_pipelines.models.heads import build_head
+from face_pipelines.models.registry import build_backbone
+from face_pipelines.training.data import AugmentationConfig, PackedFaceDataset, make_loader
+from face_pipelines.training.device import maybe_channels_last, maybe_compile, unwrap_model
+from face_pipelines.training.distributed import launch, world_info, wrap_ddp
+from face_pipelines.training.engine import TrainState, fit
+from face_pipelines.training.schedule import build_scheduler
+
+
+class AugmentParams(BaseModel):
+    """Training augmentations (probabilities); see face_pipelines.training.data."""
+
+    model_config = ConfigDict(extra="forbid")
+    flip_prob: float = Field(0.5, ge=0, le=1, description="horizontal flip")
+    crop_prob: float = Field(0.0, ge=0, le=1, description="random-resized crop with zero padding")
+    low_res_prob: float = Field(0.0, ge=0, le=1, description="down- then up-scaling")
+    color_jitter_prob: float = Field(0.0, ge=0, le=1, description="brightness/contrast/saturation")
+    erasing_prob: float = Field(0.0, ge=0, le=1, description="random erasing")
+
+
+class TopoFRParams(BaseModel):
+    """TopoFR options (used when method == 'topofr')."""
+
+    model_config = ConfigDict(extra="forbid")
+    base: Literal["arcface", "cosface"] = Field("arcface", description="margin loss under TopoFR")
+    perturb_prob: float = Field(0.2, ge=0, le=1, description="RSP: per-sample perturbation prob xi")
+    alpha: float = Field(0.1, ge=0, description="weight of the structure alignment loss L_sa")
+    sde: bool = Field(True, description="structure damage estimation re-weighting")
+    sde_lambda: float = Field(1.0, ge=0, description="exponent lambda of (1+h)^lambda")
+
+
+class RecognizerConfig(BaseModel):
+    """Recipe of one recognizer training run (backbone, head, optimiser, schedule, devices)."""
+
+    model_config = ConfigDict(extra="forbid")
+    arch: str = Field("small", description="backbone: small | iresnet18/34/50/100")
+    embedding_dim: int = Field(256, gt=0, description="embedding size (512 for IResNets)")
+    backbone_kwargs: dict = Field(default_factory=dict, description="extra backbone arguments")
+    method: Literal["arcface", "cosface", "magface", "topofr"] = Field(
+        "arcface", description="margin loss, or topofr (ArcFace/CosFace base + RSP/ISA/SDE)"
+    )
+    s: float = Field(64.0, gt=0, description="logit scale")
+    m: float | None = Field(None, description="margin (default: 0.5 arcface, 0.4 cosface)")
+    sample_rate: float = Field(1.0, gt=0, le=1, description="PartialFC class sampling rate")
+    topofr: TopoFRParams = Field(default_factory=TopoFRParams)
+    epochs: int = Field(10, gt=0, description="training epochs")
+    batch_size: int = Field(128, gt=0, description="batch size per process")
+    lr: float = Field(0.1, gt=0, description="peak SGD learning rate")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
+    weight_decay: float = Field(5e-4, ge=0, description="weight decay (not on BN/bias/PReLU)")
+    schedule: Literal["poly", "step", "cosine"] = Field("poly", description="LR schedule")
+    milestones: list[int] = Field(default_factory=list, description="epochs of /10 for 'step'")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up length in epochs")
+    grad_clip: float | None = Field(5.0, description="max gradient norm (None = off)")
+    grad_accum_steps: int = Field(1, ge=1, description="batches per optimiser step")
+    augment: AugmentParams = Field(default_factory=AugmentParams)
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 on CUDA (fp16 where bf16 is missing), fp32 on CPU"
+    )
+    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    compile: bool = Field(False, description="torch.compile the backbone (CUDA)")
+    devices: int = Field(1, ge=1, description="processes/GPUs; > 1 launches torchrun-style DDP")
+    num_workers: int = Field(2, ge=0, description="data-loader workers per process")
+    seed: int = Field(0, description="seed for initialisation, data order and augmentation")
+    log_every: int = Field(20, gt=0, description="optimiser steps between metric logs")
+
+    @model_validator(mode="after")
+    def _check(self):
+        if self.method == "topofr" and self.topofr.sde and self.sample_rate < 1:
+            raise ValueError("topofr.sde needs the full softmax (sample_rate: 1.0)")
+        return self
+
+    def head_name(self) -> str:
+        return self.topofr.base if self.method == "topofr" else self.method
+
+    def backbone_args(self, image_size: int) -> dict:
+        key = "embedding_dim" if self.arch == "small" else "num_features"
+        return {key: self.embedding_dim, "input_size": image_size, **self.backbone_kwargs}
+
+
+class RecognizerNet(nn.Module):
+    """Backbone + margin head in one module so DDP synchronises both."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        emb = self.backbone(x)
+        return emb, self.head(emb.float(), labels)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    # insightface practice: no weight decay on BN/PReLU/bias (1-D) parameters.
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+def _make_step_fn(cfg: RecognizerConfig, channels_last: bool):
+    topo = cfg.method == "topofr"
+
+    def step_fn(batch, state: TrainState) -> dict:
+        images, labels = batch
+        x = images.to(state.device, non_blocking=True).float().div_(255.0).sub_(0.5).div_(0.5)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        labels = labels.to(state.device, non_blocking=True)
+        metrics = {}
+        with state.autocast():
+            x_in = x
+            if topo:
+                x_in, which = random_structure_perturbation(x, p=cfg.topofr.perturb_prob)
+                metrics["perturbed_fraction"] = float((which >= 0).float().mean())
+            emb, out = state.model(x_in, labels)
+            loss = out["loss"]
+            if topo:
+                if cfg.topofr.sde:
+                    w, diag = sde_weights(out["logits"], labels, lam=cfg.topofr.sde_lambda)
+                    loss = (w * out["per_sample_loss"]).mean()
+                    sde = diag.to_metrics(prefix="sde_")
+                    metrics["sde_mean_weight"] = sde["sde_mean_weight"]
+                    metrics["sde_hard_fraction"] = sde["sde_hard_fraction"]
+                x_dist = input_space_distances(x)
+                z_dist = latent_space_distances(emb.float(), reference_dist=x_dist)
+                l_sa = structure_alignment_loss(x_dist, z_dist)
+                loss = loss + cfg.topofr.alpha * l_sa
+                metrics["l_sa"] = float(l_sa.detach())
+                metrics["topology_discrepancy"] = topology_discrepancy(x_dist, z_dist.detach())
+        state.backward_and_step(loss)
+        if cfg.sample_rate >= 1.0:
+            metrics["accuracy"] = float((out["logits"].argmax(1) == labels).float().mean())
+        return {"loss": loss.detach(), **metrics}
+
+    return step_fn
+
+
+def _train_worker(
+    packed_root: str,
+    out_dir: str,
+    cfg_dict: dict,
+    device_spec: str,
+    progress: bool,
+    log: Callable | None,
+) -> dict:
+    cfg = RecognizerConfig.model_validate(cfg_dict)
+    info = world_info()
+    packed = PackedImages(Path(packed_root))
+    torch.manual_seed(cfg.seed)
+    backbone = build_backbone(cfg.arch, **cfg.backbone_args(packed.image_size))
+    m = {} if cfg.m is None else {"m": cfg.m}
+    head = build_head(
+        cfg.head_name(),
+        cfg.embedding_dim,
+        packed.num_classes,
+        s=cfg.s,
+        sample_rate=cfg.sample_rate,
+        shard_classes=False,
+        **m,
+    )
+    net = RecognizerNet(backbone, head)
+    aug = AugmentationConfig(**cfg.augment.model_dump())
+    dataset = PackedFaceDataset(packed, augmentation=aug)
+    loader = make_loader(
+        dataset,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        device=device_spec,
+    )
+    steps_per_epoch = max(1, len(loader) // cfg.grad_accum_steps)
+    total = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.SGD(
+        _param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
+    )
+    scheduler = build_scheduler(
+        optimizer,
+        cfg.schedule,
+        total_steps=total,
+        warmup_steps=int(math.ceil(cfg.warmup_epochs * steps_per_epoch)),
+        milestones=[e * steps_per_epoch for e in cfg.milestones],
+        steps_per_epoch=steps_per_epoch,
+    )
+    state = TrainState.create(
+        net,
+        optimizer,
+        scheduler,
+        device=device_spec,
+        precision=cfg.precision,
+        grad_clip=cfg.grad_clip,
+        grad_accum_steps=cfg.grad_accum_steps,
+    )
+    cl = cfg.channels_last and state.device.type == "cuda"
+    net.to(state.device)
+    maybe_channels_last(net, state.device) if cl else None
+    if cfg.compile:
+        net.backbone = maybe_compile(net.backbone, True)
+    if info.world_size > 1:
+        state.models["model"] = wrap_ddp(net, state.device)
+    history = fit(
+        _make_step_fn(cfg, cl),
+        state,
+        loader,
+        cfg.epochs,
+        checkpoint_dir=Path(out_dir) / "train_state",
+        log=log,
+        log_every=cfg.log_every,
+        config=cfg.model_dump(),
+        progress=progress,
+        desc=f"train {cfg.arch}",
+    )
+    final = Path(out_dir) / "model.pt"
+    if info.rank == 0:
+        bb = unwrap_model(state.models["model"]).backbone
+        bb = getattr(bb, "_orig_mod", bb)
+        save_checkpoint(
+            final,
+            arch=cfg.arch,
+            config=cfg.backbone_args(packed.image_size),
+            state_dict={k: v.detach().cpu() for k, v in bb.state_dict().items()},
+            meta={
+                "image_size": packed.image_size,
+                "num_classes": packed.num_classes,
+                "method": cfg.method,
+                "epochs": cfg.epochs,
+                "trained_on": str(packed_root),
+            },
+        )
+    last = history[-1] if history else {}
+    return {
+        "checkpoint": str(final),
+        "epochs": cfg.epochs,
+        "images": len(packed),
+        "identities": packed.num_classes,
+        "final": {k: float(v) for k, v in last.items()},
+    }
+
+
+def train_recognizer(
+    packed_root: str | Path,
+    out_dir: str | Path,
+    config: RecognizerConfig,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[dict, int], None] | None = None,
+) -> dict:
+    """Train a recognizer on a packed dataset; writes `<out_dir>/model.pt` (backbone checkpoint).
+
+    Resumes from `<out_dir>/train_state/last.pt` if a previous run was interrupted. With
+    `config.devices > 1` the worker is launched torchrun-style (one process per device); inside an
+    existing torchrun world it joins that world instead. Returns a summary dict (rank 0).
+    """
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    args = (
+        str(packed_root),
+        str(out_dir),
+        config.model_dump(),
+        device,
+        progress,
+        log if config.devices == 1 else None,
+    )
+    return launch(_train_worker, args, devices=config.devices)
