@@ -23,3 +23,20 @@ class ParameterValidationHooks:
         conf_root = Path(context.project_path) / "conf"
         env = context.env or "local"
         validate_all(context.params, conf_dirs=[conf_root / "base", conf_root / env])
+
+
+class DatasetCardSummaryHook:
+    """Print the dataset card summary at the end of a run that produced it (e.g. synth)."""
+
+    @hook_impl
+    def after_pipeline_run(self, run_params, pipeline, catalog) -> None:
+        if "dataset_card" not in pipeline.all_outputs():
+            return
+        from face_pipelines.reporting.dataset_card import card_summary
+
+        try:
+            card = catalog.load("dataset_card")
+        except Exception as exc:  # the run itself succeeded; never fail it here
+            log.warning("could not read the dataset card for the summary: %s", exc)
+            return
+        print("\n" + card_summary(card) + "\n", flush=True)

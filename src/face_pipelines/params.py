@@ -15,6 +15,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from face_pipelines.errors import ParameterError
 from face_pipelines.faceworld.config import FaceWorldConfig
+from face_pipelines.synthesis.attrop import AttrOPConfig
+from face_pipelines.synthesis.plan import SampleConfig
+from face_pipelines.training.attributes import PoseConfig
+from face_pipelines.training.recognizer import RecognizerConfig
+from face_pipelines.training.vec2face import Vec2FaceTrainConfig
 
 
 class Strict(BaseModel):
@@ -86,23 +91,104 @@ class FaceWorldParams(FaceWorldConfig):
         return FaceWorldConfig.model_validate(self.model_dump(exclude={"enabled"}))
 
 
-class EmptySection(Strict):
-    """A section whose pipeline takes no parameters yet: any key in it is unknown."""
+# --------------------------------------------------------------------------------------------------
+# teacher
+class JudgeParams(Strict):
+    source: Literal["train", "checkpoint"] = Field(
+        "train", description="train an independent recognizer, or load one by path"
+    )
+    checkpoint: str | None = Field(None, description="judge checkpoint when source=checkpoint")
+    checkpoint_arch: str | None = Field(None, description="arch of a bare state_dict checkpoint")
+    recognizer: RecognizerConfig = Field(
+        default_factory=RecognizerConfig, description="recipe when source=train"
+    )
+
+
+class PoseParams(Strict):
+    source: Literal["train", "checkpoint"] = Field(
+        "train", description="train the yaw/pitch regressor on FaceWorld labels, or load one"
+    )
+    checkpoint: str | None = Field(None, description="pose_regressor checkpoint by path")
+    train: PoseConfig = Field(default_factory=PoseConfig, description="recipe when source=train")
+
+
+class TeacherParams(Strict):
+    source: Literal["train", "checkpoint"] = Field(
+        "train", description="train on FaceWorld's pretrain pool, or load a recognizer by path"
+    )
+    checkpoint: str | None = Field(
+        None, description="project checkpoint or insightface backbone.pth when source=checkpoint"
+    )
+    checkpoint_arch: str | None = Field(None, description="arch of a bare state_dict (iresnet100)")
+    checkpoint_input_size: int = Field(112, gt=0, description="input size of a bare state_dict")
+    checkpoint_embedding_dim: int = Field(512, gt=0, description="embedding of a bare state_dict")
+    recognizer: RecognizerConfig = Field(
+        default_factory=RecognizerConfig, description="recipe when source=train"
+    )
+    judge: JudgeParams = Field(default_factory=JudgeParams, description="independent judge")
+    pose: PoseParams = Field(default_factory=PoseParams, description="head-pose model for AttrOP")
+    feature_batch_size: int = Field(256, gt=0, description="batch size of feature extraction")
+
+
+# --------------------------------------------------------------------------------------------------
+# recognizer / evaluate
+class RecognizerParams(Strict):
+    match_image_count: bool = Field(
+        True,
+        description="train the synthetic and the real recognizer on the same number of "
+        "images (the larger set is subsampled evenly over identities, by seed)",
+    )
+    max_images: int | None = Field(None, gt=0, description="cap on training images per instance")
+    seed: int = Field(0, description="seed of the subsampling")
+    train: RecognizerConfig = Field(
+        default_factory=RecognizerConfig, description="the recipe, identical for every instance"
+    )
+
+
+class EvaluateParams(Strict):
+    faceworld_benchmarks: bool = Field(True, description="evaluate on FaceWorld's fw_* .bin files")
+    benchmarks: dict[str, str] = Field(
+        default_factory=dict, description="extra benchmarks {name: path to insightface .bin}"
+    )
+    batch_size: int = Field(256, gt=0, description="embedding batch size")
+
+
+# --------------------------------------------------------------------------------------------------
+# vec2face
+class Vec2FaceParams(Strict):
+    train: Vec2FaceTrainConfig = Field(
+        default_factory=Vec2FaceTrainConfig, description="generator recipe"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# sample / render
+class SampleParams(Strict):
+    config: SampleConfig = Field(default_factory=SampleConfig, description="sampling recipe")
+
+
+class RenderParams(Strict):
+    shard_identities: int = Field(50, gt=0, description="identities per shard (unit of resume)")
+    batch_size: int = Field(64, gt=0, description="images generated per batch")
+    num_workers: int = Field(0, ge=0, description="render processes (0 = in-process)")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the images")
+    attrop_enabled: bool = Field(True, description="run AttrOP on the plan's attrop rows")
+    attrop: AttrOPConfig = Field(default_factory=AttrOPConfig, description="AttrOP settings")
+    export_recordio: bool = Field(False, description="also write <dataset>.rec/.idx")
+    seed: int = Field(0, description="render seed (masking draws)")
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "common": CommonParams,
     "subset": SubsetParams,
     "faceworld": FaceWorldParams,
-    **{
-        name: EmptySection
-        for name in ("teacher", "vec2face", "sample", "render", "recognizer", "evaluate")
-    },
+    "teacher": TeacherParams,
+    "vec2face": Vec2FaceParams,
+    "sample": SampleParams,
+    "render": RenderParams,
+    "recognizer": RecognizerParams,
+    "evaluate": EvaluateParams,
 }
-
-
-def register_schema(section: str, model: type[BaseModel]) -> None:
-    SCHEMAS[section] = model
 
 
 def _files_defining(section: str, conf_dirs: Iterable[Path]) -> list[str]:
@@ -130,11 +216,9 @@ def _format(section: str, err: ValidationError, files: list[str]) -> str:
             msg = "unknown parameter (check the spelling; documented keys are in conf/base)"
         elif e["type"] == "missing":
             msg = "required parameter is missing"
-        lines.append(
-            f"  {key}: {msg} (got {e.get('input')!r})"
-            if e["type"] != "missing"
-            else f"  {key}: {msg}"
-        )
+        got = repr(e.get("input"))
+        got = got if len(got) <= 80 else got[:77] + "..."
+        lines.append(f"  {key}: {msg} (got {got})" if e["type"] != "missing" else f"  {key}: {msg}")
     return "\n".join(lines)
 
 

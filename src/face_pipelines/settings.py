@@ -13,9 +13,9 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 
 from kedro.config import OmegaConfigLoader  # noqa: E402
 
-from face_pipelines.hooks import ParameterValidationHooks  # noqa: E402
+from face_pipelines.hooks import DatasetCardSummaryHook, ParameterValidationHooks  # noqa: E402
 
-HOOKS = (ParameterValidationHooks(),)
+HOOKS = (ParameterValidationHooks(), DatasetCardSummaryHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 

@@ -9,8 +9,13 @@ Public API:
     faceworld_grid(config)                   identities x nuisances picture
 """
 
-from face_pipelines.faceworld.config import FaceWorldConfig, NuisanceConfig, config_hash, load_faceworld_config
-from face_pipelines.faceworld.grid import faceworld_grid
+from face_pipelines.faceworld.config import (
+    FaceWorldConfig,
+    NuisanceConfig,
+    config_hash,
+    load_faceworld_config,
+)
+from face_pipelines.faceworld.grid import faceworld_grid, save_faceworld_grid
 from face_pipelines.faceworld.identity import IDENTITY_FIELDS, sample_identities
 from face_pipelines.faceworld.materialise import materialise_faceworld, plan_pool, pool_identities
 from face_pipelines.faceworld.nuisance import EXPRESSIONS, NUISANCE_FIELDS, sample_nuisances
@@ -34,4 +39,5 @@ __all__ = [
     "render_identity_images",
     "sample_identities",
     "sample_nuisances",
+    "save_faceworld_grid",
 ]

@@ -171,7 +171,7 @@ class NuisanceConfig(_Strict):
         _check_range(self.light_intensity, "light_intensity")
         _check_range(self.ambient, "ambient")
         _check_range(self.jpeg_quality, "jpeg_quality")
-        if not (1 <= self.jpeg_quality[0] and self.jpeg_quality[1] <= 100):
+        if not (self.jpeg_quality[0] >= 1 and self.jpeg_quality[1] <= 100):
             raise ValueError("jpeg_quality must lie in [1, 100]")
         if sum(self.expression_weights) <= 0 or min(self.expression_weights) < 0:
             raise ValueError("expression_weights must be >= 0 with a positive sum")
@@ -292,7 +292,9 @@ class EvalConfig(_Strict):
 class FaceWorldConfig(_Strict):
     """The whole embedded face world: seed, image size, identity population and the three pools."""
 
-    seed: int = Field(0, ge=0, description="Seed of the world; every pool derives its streams from it.")
+    seed: int = Field(
+        0, ge=0, description="Seed of the world; every pool derives its streams from it."
+    )
     image_size: int = Field(
         64, ge=16, le=512, description="Side of the square aligned crops (64 laptop, 112 paper)."
     )

@@ -8,7 +8,7 @@ from face_pipelines.faceworld.config import FaceWorldConfig, load_faceworld_conf
 from face_pipelines.faceworld.nuisance import sample_nuisances
 from face_pipelines.faceworld.render import render_identity_images
 
-__all__ = ["faceworld_grid"]
+__all__ = ["faceworld_grid", "save_faceworld_grid"]
 
 
 def faceworld_grid(
@@ -53,3 +53,17 @@ def faceworld_grid(
                 i * n_variants + j
             ]
     return out
+
+
+def save_faceworld_grid(
+    path, config: FaceWorldConfig | dict | None = None, n_ids: int = 8, n_variants: int = 10
+) -> None:
+    """Save faceworld_grid as a 256-colour PNG (small enough for a README), written atomically."""
+    from PIL import Image
+
+    from face_pipelines.io.atomic import atomic_path
+
+    img = Image.fromarray(faceworld_grid(config, n_ids=n_ids, n_variants=n_variants))
+    pal = img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    with atomic_path(path) as tmp:
+        pal.save(tmp, format="PNG", optimize=True)

@@ -152,7 +152,9 @@ def sample_identities(
 
     # hair style: short, medium, long, receding/bald
     style = rng.choice(4, size=n, p=[0.42, 0.25, 0.23, 0.10])
-    col["hair_volume"] = np.where(style == 2, normal(0.1, 0.04, 0.02, 0.2), normal(0.06, 0.03, 0.02, 0.16))
+    col["hair_volume"] = np.where(
+        style == 2, normal(0.1, 0.04, 0.02, 0.2), normal(0.06, 0.03, 0.02, 0.16)
+    )
     front = normal(0.6, 0.07, 0.45, 0.75)
     fringe = rng.random(n) < 0.25
     col["hair_front"] = np.where(fringe, normal(0.36, 0.04, 0.3, 0.44), front)
@@ -168,7 +170,9 @@ def sample_identities(
         -0.4,
     )
     col["hair_long"] = (style == 2).astype(np.float64)
-    col["hair_recession"] = np.where(style == 3, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 0.35, n))
+    col["hair_recession"] = np.where(
+        style == 3, rng.uniform(0.5, 1.0, n), rng.uniform(0.0, 0.35, n)
+    )
     col["hair_crown"] = np.where(style == 3, rng.uniform(0.55, 0.85, n), 5.0)
     col["hair_texture"] = rng.uniform(0.0, 1.0, n)
     col["hair_part"] = normal(0.0, 0.3, -0.6, 0.6)

@@ -82,7 +82,9 @@ def pool_identities(config: FaceWorldConfig, pool: str) -> np.ndarray:
     )
 
 
-def _images_per_identity(rng: np.random.Generator, n: int, c: ImagesPerIdentityConfig) -> np.ndarray:
+def _images_per_identity(
+    rng: np.random.Generator, n: int, c: ImagesPerIdentityConfig
+) -> np.ndarray:
     raw = c.median * np.exp(c.log_std * rng.standard_normal(n))
     return np.clip(np.rint(raw), c.min, c.max).astype(np.int64)
 
@@ -172,12 +174,16 @@ def _run_tasks(fn, tasks: list[dict], executor, desc: str, progress: bool, total
 
 # --------------------------------------------------------------------------------------------------
 def _labels_frame(plan: PoolPlan, pool: str) -> pd.DataFrame:
-    paths = [f"{int(i):06d}/{int(n):03d}.jpg" for i, n in zip(plan.image_identity, plan.image_index, strict=True)]
+    paths = [
+        f"{int(i):06d}/{int(n):03d}.jpg"
+        for i, n in zip(plan.image_identity, plan.image_index, strict=True)
+    ]
     df = pd.DataFrame(
         {
             "path": paths,
             "identity": plan.image_identity.astype(np.int64),
-            "global_identity": plan.image_identity.astype(np.int64) + POOL_CODES[pool] * GLOBAL_ID_STRIDE,
+            "global_identity": plan.image_identity.astype(np.int64)
+            + POOL_CODES[pool] * GLOBAL_ID_STRIDE,
         }
     )
     for k in NUISANCE_FIELDS:
@@ -229,7 +235,9 @@ def _write_folder_pool(config, plan: PoolPlan, pool_dir: Path, executor, progres
         )
     _run_tasks(_render_folder_chunk, tasks, executor, plan.name, progress, len(plan.image_identity))
     _labels_frame(plan, plan.name).to_parquet(pool_dir / "labels.parquet", index=False)
-    _identities_frame(plan.identities, plan.name).to_parquet(pool_dir / "identities.parquet", index=False)
+    _identities_frame(plan.identities, plan.name).to_parquet(
+        pool_dir / "identities.parquet", index=False
+    )
 
 
 def _write_eval(config: FaceWorldConfig, eval_dir: Path, executor, progress) -> dict:
@@ -254,8 +262,12 @@ def _write_eval(config: FaceWorldConfig, eval_dir: Path, executor, progress) -> 
             }
             for s in range(0, n_img, chunk)
         ]
-        imgs = np.concatenate(_run_tasks(_render_pair_chunk, tasks, executor, name, progress, n_img))
-        write_verification_bin(eval_dir / f"{name}.bin", imgs, plan.issame, quality=config.jpeg_bin_quality)
+        imgs = np.concatenate(
+            _run_tasks(_render_pair_chunk, tasks, executor, name, progress, n_img)
+        )
+        write_verification_bin(
+            eval_dir / f"{name}.bin", imgs, plan.issame, quality=config.jpeg_bin_quality
+        )
         _pairs_frame(plan).to_parquet(eval_dir / f"{name}_pairs.parquet", index=False)
         out[name] = {
             "bin": f"eval/{name}.bin",
@@ -285,7 +297,10 @@ def _cached_summary(root: Path, digest: str) -> dict | None:
 
 
 def materialise_faceworld(
-    config: FaceWorldConfig | dict | None, root: str | os.PathLike, num_workers: int = 0, progress: bool = True
+    config: FaceWorldConfig | dict | None,
+    root: str | os.PathLike,
+    num_workers: int = 0,
+    progress: bool = True,
 ) -> dict:
     """Render the FaceWorld pools and eval benchmarks under `root` (or reuse a complete cached one).
 
@@ -313,7 +328,9 @@ def materialise_faceworld(
     t0 = time.perf_counter()
     executor = None
     if num_workers > 0:
-        executor = ProcessPoolExecutor(max_workers=int(num_workers), mp_context=get_context("spawn"))
+        executor = ProcessPoolExecutor(
+            max_workers=int(num_workers), mp_context=get_context("spawn")
+        )
     try:
         with atomic_dir(root) as tmp:
             summary = _build(config, root, tmp, digest, executor, progress, t0)

@@ -12,7 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from face_pipelines.faceworld.config import AgeProtocol, EvalConfig, PoseProtocol, RandomPairsProtocol
+from face_pipelines.faceworld.config import (
+    AgeProtocol,
+    EvalConfig,
+    PoseProtocol,
+    RandomPairsProtocol,
+)
 from face_pipelines.faceworld.nuisance import sample_nuisances
 
 __all__ = ["PROTOCOLS", "PairPlan", "plan_pairs"]
@@ -86,7 +91,9 @@ def plan_pairs(
     nz = sample_nuisances(rng, 2 * n, eval_config.nuisances, identities[img_id])
     if isinstance(protocol, PoseProtocol):
         # side a frontal, side b large |yaw| (either direction)
-        nz["yaw"][0::2] = rng.uniform(-protocol.frontal_max_yaw_deg, protocol.frontal_max_yaw_deg, n)
+        nz["yaw"][0::2] = rng.uniform(
+            -protocol.frontal_max_yaw_deg, protocol.frontal_max_yaw_deg, n
+        )
         mag = rng.uniform(*protocol.profile_yaw_deg, n)
         nz["yaw"][1::2] = mag * rng.choice([-1.0, 1.0], n)
     elif isinstance(protocol, AgeProtocol):

@@ -42,10 +42,18 @@ ARCFACE_TEMPLATE_112 = np.array(
     ],
     dtype=np.float64,
 )
-LANDMARK_NAMES = ("eye_image_left", "eye_image_right", "nose_tip", "mouth_image_left", "mouth_image_right")
+LANDMARK_NAMES = (
+    "eye_image_left",
+    "eye_image_right",
+    "nose_tip",
+    "mouth_image_left",
+    "mouth_image_right",
+)
 
 # surface ids (0 = background)
-_BG, _CRANIUM, _JAW, _NOSE, _BRIDGE, _EAR_L, _EAR_R, _NECK, _HAIR, _HAIR_BACK, _HAT, _BRIM = range(12)
+_BG, _CRANIUM, _JAW, _NOSE, _BRIDGE, _EAR_L, _EAR_R, _NECK, _HAIR, _HAIR_BACK, _HAT, _BRIM = range(
+    12
+)
 _N_SURF = 12
 _FAR = np.float32(1e6)
 _CAM_Z = 3.0  # ray origins lie on the plane z = _CAM_Z in front of the head
@@ -79,12 +87,28 @@ def _lerp_table(table: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 
 _SKIN_RGB = np.array(
-    [[0.96, 0.82, 0.74], [0.90, 0.71, 0.60], [0.78, 0.57, 0.43], [0.60, 0.41, 0.29], [0.40, 0.26, 0.18], [0.24, 0.15, 0.11]]
+    [
+        [0.96, 0.82, 0.74],
+        [0.90, 0.71, 0.60],
+        [0.78, 0.57, 0.43],
+        [0.60, 0.41, 0.29],
+        [0.40, 0.26, 0.18],
+        [0.24, 0.15, 0.11],
+    ]
 )
 _HAIR_RGB = np.array(
-    [[0.05, 0.04, 0.035], [0.16, 0.10, 0.065], [0.36, 0.25, 0.15], [0.62, 0.48, 0.30], [0.86, 0.74, 0.50], [0.94, 0.90, 0.80]]
+    [
+        [0.05, 0.04, 0.035],
+        [0.16, 0.10, 0.065],
+        [0.36, 0.25, 0.15],
+        [0.62, 0.48, 0.30],
+        [0.86, 0.74, 0.50],
+        [0.94, 0.90, 0.80],
+    ]
 )
-_IRIS_RGB = np.array([[0.30, 0.17, 0.08], [0.42, 0.34, 0.16], [0.28, 0.45, 0.28], [0.30, 0.45, 0.72]])
+_IRIS_RGB = np.array(
+    [[0.30, 0.17, 0.08], [0.42, 0.34, 0.16], [0.28, 0.45, 0.28], [0.30, 0.45, 0.72]]
+)
 
 
 def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -106,7 +130,11 @@ def _rotation(yaw: np.ndarray, pitch: np.ndarray, roll: np.ndarray) -> np.ndarra
 
 def _surface_z(x, y, centre, axes):
     """z of the front surface of an axis-aligned ellipsoid at (x, y); -inf where it is missed."""
-    q = 1.0 - ((x - centre[..., 0]) / axes[..., 0]) ** 2 - ((y - centre[..., 1]) / axes[..., 1]) ** 2
+    q = (
+        1.0
+        - ((x - centre[..., 0]) / axes[..., 0]) ** 2
+        - ((y - centre[..., 1]) / axes[..., 1]) ** 2
+    )
     return np.where(q > 0, centre[..., 2] + axes[..., 2] * np.sqrt(np.maximum(q, 0.0)), -np.inf)
 
 
@@ -132,10 +160,14 @@ class _Geometry:
         # expression -> face deformations (neutral, smile, laugh, surprise, frown)
         self.smile_lift = np.choose(expr, [0.0 * it, 0.045 * it, 0.055 * it, 0.0 * it, -0.03 * it])
         self.mouth_open = np.choose(expr, [0.0 * it, 0.0 * it, 0.035 * it, 0.06 * it, 0.0 * it])
-        mouth_wf = np.choose(expr, [1 + 0 * it, 1 + 0.15 * it, 1 + 0.2 * it, 1 - 0.25 * it, 1 - 0.05 * it])
+        mouth_wf = np.choose(
+            expr, [1 + 0 * it, 1 + 0.15 * it, 1 + 0.2 * it, 1 - 0.25 * it, 1 - 0.05 * it]
+        )
         self.brow_raise = np.choose(expr, [0 * it, 0.005 * it, 0.01 * it, 0.05 * it, -0.03 * it])
         self.brow_inner = np.choose(expr, [0 * it, 0 * it, 0 * it, 0 * it, 0.035 * it])
-        eye_f = np.choose(expr, [1 + 0 * it, 1 - 0.2 * it, 1 - 0.45 * it, 1 + 0.35 * it, 1 - 0.15 * it])
+        eye_f = np.choose(
+            expr, [1 + 0 * it, 1 - 0.2 * it, 1 - 0.45 * it, 1 + 0.35 * it, 1 - 0.15 * it]
+        )
         # age
         age = n["age"]
         self.age_w = np.clip((age - 30.0) / 45.0, 0.0, 1.0) * f["wrinkle_rate"]
@@ -167,23 +199,33 @@ class _Geometry:
         put(
             _JAW,
             (z0, -0.3 - jaw_drop * 0.5 - sag * 0.5, z0 + 0.06),
-            (f["jaw_width"] + cheek, f["jaw_length"] + jaw_drop + sag, f["jaw_depth"] + 0.5 * cheek),
+            (
+                f["jaw_width"] + cheek,
+                f["jaw_length"] + jaw_drop + sag,
+                f["jaw_depth"] + 0.5 * cheek,
+            ),
         )
         face_c, face_a = centre[:, [_CRANIUM, _JAW]], axes[:, [_CRANIUM, _JAW]]
 
         def face_z(x, y):
             return np.maximum(
-                _surface_z(x, y, face_c[:, 0], face_a[:, 0]), _surface_z(x, y, face_c[:, 1], face_a[:, 1])
+                _surface_z(x, y, face_c[:, 0], face_a[:, 0]),
+                _surface_z(x, y, face_c[:, 1], face_a[:, 1]),
             )
 
-        ny, nl, nwid, npro = f["nose_height"], f["nose_length"], f["nose_width"], f["nose_protrusion"]
+        ny, nl, nwid, npro = (
+            f["nose_height"],
+            f["nose_length"],
+            f["nose_width"],
+            f["nose_protrusion"],
+        )
         nose_sz = 0.16
         zf_nose = face_z(z0, ny)
         put(_NOSE, (z0, ny, zf_nose + 0.8 * npro - nose_sz), (nwid * 0.9, nl * 0.5, z0 + nose_sz))
         zf_bridge = face_z(z0, ny + 0.2)
         put(
             _BRIDGE,
-            (z0, ny + 0.2, zf_bridge + 0.4 * npro - 0.1),
+            (z0, ny + 0.2, zf_bridge + 0.75 * npro - 0.1),
             (0.55 * nwid + 0.01, z0 + 0.22, z0 + 0.1),
         )
         ear_x = hw + f["ear_protrusion"] - 0.03
@@ -217,6 +259,7 @@ class _Geometry:
         self.hair_side = np.where(long_hair, -3.0, f["hair_side"] + 0.5 * recession)
         self.hair_back = np.where(long_hair, -3.0, f["hair_back"])
         self.hair_rec = f["hair_recession"] * 0.6 + recession * 2.0
+        self.hair_tilt = 0.2 * f["hair_part"]
         self.hair_crown = f["hair_crown"] - 0.5 * recession
         self.long_hair = long_hair
 
@@ -286,7 +329,9 @@ class _Geometry:
         The 8 corners of each ellipsoid's bounding box are projected; their pixel bounding box
         contains the ellipsoid's silhouette, so rays outside it cannot hit the surface.
         """
-        signs = np.array([[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float)
+        signs = np.array(
+            [[sx, sy, sz] for sx in (-1, 1) for sy in (-1, 1) for sz in (-1, 1)], float
+        )
         corners = self.centre[:, :, None, :] + self.axes[:, :, None, :] * signs[None, None]
         cam = np.einsum("bij,bskj->bski", self.R, corners)
         z = self.a[:, None, None] * (cam[..., 0] - 1j * cam[..., 1]) + self.b[:, None, None]
@@ -303,6 +348,8 @@ class _Geometry:
             r1 = int(np.clip(np.ceil(zk.imag.max()) + 2, 0, size))
             out.append((r0, r1, c0, c1) if (c1 > c0 and r1 > r0) else None)
         return out
+
+
 def _col(x) -> np.ndarray:
     """[B] -> [B,1,1] float32 for broadcasting against [B,H,W]."""
     return np.asarray(x, dtype=np.float32).reshape(-1, 1, 1)
@@ -322,6 +369,7 @@ class _Raycaster:
         self.py = np.arange(size, dtype=np.float32)[None, :, None]
 
     def grids(self, win):
+        """Pixel-coordinate grids ([1,1,cols], [1,rows,1]) of a window."""
         r0, r1, c0, c1 = win
         return self.px[:, :, c0:c1], self.py[:, r0:r1]
 
@@ -377,8 +425,11 @@ def _hair_mask(g: _Geometry, x, y, z, crown: bool = True) -> np.ndarray:
     wf = _soft((z - 0.2) * (1.0 / 0.35))
     wb = _soft(z * (-1.0 / 0.6))
     side = _col(g.hair_side)
+    # front hairline: raised at the temples (recession), tilted towards the parting side
+    tilt = x * _col(g.hair_tilt)
     x *= x
     x *= _col(g.hair_rec)
+    x += tilt
     x += _col(g.hair_front) - side
     x *= wf
     x += side
@@ -454,7 +505,9 @@ def _background(nz: dict[str, np.ndarray], B: int, H: int, W: int) -> np.ndarray
     return pat
 
 
-def _render_batch(idc: dict[str, np.ndarray], nz: dict[str, np.ndarray], size: int, want_info: bool):
+def _render_batch(
+    idc: dict[str, np.ndarray], nz: dict[str, np.ndarray], size: int, want_info: bool
+):
     g = _Geometry(idc, nz, size)
     rc = _Raycaster(g, size)
     B, H, W = g.B, size, size
@@ -525,13 +578,16 @@ def _render_batch(idc: dict[str, np.ndarray], nz: dict[str, np.ndarray], size: i
         rw = slice(max(wj[0], win[_CRANIUM][0]), min(wj[1], win[_CRANIUM][1]))
         cw = slice(max(wj[2], win[_CRANIUM][2]), min(wj[3], win[_CRANIUM][3]))
         wc = win[_CRANIUM]
-        tc = t_face[_CRANIUM][:, rw.start - wc[0] : rw.stop - wc[0], cw.start - wc[2] : cw.stop - wc[2]]
+        tc = t_face[_CRANIUM][
+            :, rw.start - wc[0] : rw.stop - wc[0], cw.start - wc[2] : cw.stop - wc[2]
+        ]
         tj = t_face[_JAW][:, rw.start - wj[0] : rw.stop - wj[0], cw.start - wj[2] : cw.stop - wj[2]]
         blend = np.fmin(tj, 9.0) - np.fmin(tc, 9.0)
         blend *= 6.0
         blend += 0.5
         _soft(blend)
-        fw = face[:, rw, cw]
+        # only where both surfaces are hit (NaN != NaN): elsewhere the gathered normal is exact
+        fw = face[:, rw, cw] & (tc == tc) & (tj == tj)
         for i, p in enumerate((x, y, z)):
             pw = p[:, rw, cw]
             nc = (pw - _col(g.centre[:, _CRANIUM, i])) * _col(1.0 / g.axes[:, _CRANIUM, i] ** 2)
@@ -565,7 +621,9 @@ def _render_batch(idc: dict[str, np.ndarray], nz: dict[str, np.ndarray], size: i
     ginger = np.array([0.62, 0.28, 0.1]) * (0.5 + 0.6 * f["hair_lightness"][:, None])
     hair = hair + (ginger - hair) * (f["hair_warmth"][:, None] * 0.8)
     hair = hair + (np.array([0.78, 0.77, 0.76]) - hair) * g.grey[:, None]
-    hat_rgb = _hsv_to_rgb(nz["hat_hue"].astype(np.float64), np.full(B, 0.6), nz["hat_value"].astype(np.float64))
+    hat_rgb = _hsv_to_rgb(
+        nz["hat_hue"].astype(np.float64), np.full(B, 0.6), nz["hat_value"].astype(np.float64)
+    )
     table = np.zeros((B, _N_SURF, 3))
     for k in (_CRANIUM, _JAW, _NOSE, _BRIDGE):
         table[:, k] = skin
@@ -728,7 +786,9 @@ def _render_batch(idc: dict[str, np.ndarray], nz: dict[str, np.ndarray], size: i
         dark = _col(nz["sunglasses"])
         ao[:, r_eye] *= 1.0 - lens * (0.08 + 0.82 * dark)
         frame_rgb = np.where(
-            f["glasses_frame_dark"][:, None] > 0.5, np.array([0.05, 0.04, 0.04]), np.array([0.62, 0.56, 0.45])
+            f["glasses_frame_dark"][:, None] > 0.5,
+            np.array([0.05, 0.04, 0.04]),
+            np.array([0.62, 0.56, 0.45]),
         )
         mix(r_eye, frame, frame_rgb)
 
@@ -831,13 +891,13 @@ def _render_batch(idc: dict[str, np.ndarray], nz: dict[str, np.ndarray], size: i
     alb[2][:, r_ch] -= m_bl * 0.25
 
     # ---------------------------------------------------------------- shading
-    I = _col(nz["light_intensity"])
+    key = _col(nz["light_intensity"])
     wb = np.stack([nz["white_balance_r"], np.ones(B), nz["white_balance_b"]], -1)
     lc = np.stack([nz["light_r"], nz["light_g"], nz["light_b"]], -1) * wb
     lit = lam > 0
     lam += 0.25
     np.maximum(lam, 0.0, out=lam)
-    lam *= I * (1.0 / 1.25)
+    lam *= key * (1.0 / 1.25)
     lam += _col(nz["ambient"])
     lam *= ao
     diff = lam
@@ -849,7 +909,7 @@ def _render_batch(idc: dict[str, np.ndarray], nz: dict[str, np.ndarray], size: i
     gloss = headskin
     gloss *= lit
     spec *= gloss
-    spec *= I * _col(nz["specular"])
+    spec *= key * _col(nz["specular"])
 
     pat = _background(nz, B, H, W)
     bg1 = np.stack([nz["bg_r"], nz["bg_g"], nz["bg_b"]], -1) * wb
@@ -926,7 +986,9 @@ def render_identity_images(
         raise ValueError(f"nuisances is missing keys: {missing}")
     for k in NUISANCE_FIELDS:
         if len(nuisances[k]) != n:
-            raise ValueError(f"nuisances[{k!r}] has {len(nuisances[k])} rows for {n} identities rows")
+            raise ValueError(
+                f"nuisances[{k!r}] has {len(nuisances[k])} rows for {n} identities rows"
+            )
     if int(size) < 16:
         raise ValueError(f"size must be >= 16, got {size}")
     size = int(size)

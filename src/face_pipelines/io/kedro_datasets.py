@@ -11,9 +11,11 @@ from __future__ import annotations
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 from kedro.io import AbstractDataset, DatasetError
 
 from face_pipelines.errors import MissingInputError
+from face_pipelines.io.atomic import atomic_path
 
 
 class DirectoryDataset(AbstractDataset[None, Path]):
@@ -57,3 +59,29 @@ class DirectoryDataset(AbstractDataset[None, Path]):
 
     def _describe(self) -> dict[str, Any]:
         return {"path": str(self._path), "must_exist": self._must_exist}
+
+
+class NpyDataset(AbstractDataset[np.ndarray, np.ndarray]):
+    """A numpy array in a .npy file (saved atomically; loaded memory-mapped if `mmap` is set)."""
+
+    def __init__(self, filepath: str, mmap: bool = False, metadata: dict[str, Any] | None = None):
+        self._filepath = Path(filepath)
+        self._mmap = mmap
+        self.metadata = metadata
+
+    def load(self) -> np.ndarray:
+        if not self._filepath.exists():
+            raise MissingInputError(
+                f"{self._filepath} does not exist; run the stage that writes it"
+            )
+        return np.load(self._filepath, mmap_mode="r" if self._mmap else None, allow_pickle=False)
+
+    def save(self, data: np.ndarray) -> None:
+        with atomic_path(self._filepath) as tmp, open(tmp, "wb") as f:
+            np.save(f, np.asarray(data), allow_pickle=False)
+
+    def _exists(self) -> bool:
+        return self._filepath.exists()
+
+    def _describe(self) -> dict[str, Any]:
+        return {"filepath": str(self._filepath), "mmap": self._mmap}

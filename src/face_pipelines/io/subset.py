@@ -168,3 +168,44 @@ def require_path(value: str | None, key: str, what: str) -> Path:
     if not p.exists():
         raise MissingInputError(f"parameter {key}={value!r}: {p} does not exist ({what})")
     return p
+
+
+def subsample_per_identity(manifest: pd.DataFrame, n_images: int, seed: int) -> pd.DataFrame:
+    """Keep `n_images` rows, spread as evenly as possible over identities (every identity keeps at
+    least one image when n_images >= identities), chosen by seed; order preserved."""
+    if n_images >= len(manifest):
+        return manifest.reset_index(drop=True)
+    rng = np.random.default_rng(seed)
+    groups = manifest.groupby("identity").indices
+    ids = np.array(sorted(groups))
+    counts = np.array([len(groups[i]) for i in ids])
+    # Water-filling: the largest per-identity cap c with sum(min(count, c)) <= n_images.
+    lo, hi = 0, int(counts.max())
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if np.minimum(counts, mid).sum() <= n_images else (lo, mid - 1)
+    take = np.minimum(counts, lo)
+    remaining = n_images - int(take.sum())
+    extra = rng.permutation(np.flatnonzero(counts > take))[:remaining]
+    take[extra] += 1
+    keep = []
+    for i, k in zip(ids, take, strict=True):
+        rows = groups[i]
+        keep.extend(rows if k >= len(rows) else np.sort(rng.choice(rows, size=k, replace=False)))
+    return manifest.iloc[np.sort(np.asarray(keep, dtype=np.int64))].reset_index(drop=True)
+
+
+def repack_packed(
+    src_root: Path, rows: np.ndarray, out_dir: Path, shard_size: int = 4096, progress: bool = True
+) -> dict:
+    """Copy the packed images `rows` (and labels, relabelled contiguously) into a new packed set."""
+    from face_pipelines.io.packed import PackedImages
+
+    src = PackedImages(Path(src_root))
+    rows = np.asarray(rows, dtype=np.int64)
+    _, new_labels = np.unique(src.labels[rows], return_inverse=True)
+    with PackedWriter(out_dir, image_size=src.image_size, shard_size=shard_size) as writer:
+        for s in tqdm(range(0, len(rows), 1024), desc="repack", disable=not progress):
+            images, _ = src.get_batch(rows[s : s + 1024])
+            writer.add_batch(images, new_labels[s : s + 1024])
+    return {"images": int(len(rows)), "identities": int(new_labels.max() + 1) if len(rows) else 0}

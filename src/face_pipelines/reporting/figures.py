@@ -35,3 +35,15 @@ def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
         y, x = pad + r * (h + pad), pad + col * (w + pad)
         grid[y : y + h, x : x + w] = images[i]
     return grid
+
+
+def image_figure(image: np.ndarray, title: str = "", dpi: int = 100):
+    """A matplotlib figure showing one uint8 image at its native resolution."""
+    h, w = image.shape[:2]
+    fig = plt.figure(figsize=(w / dpi, h / dpi + (0.3 if title else 0)), dpi=dpi)
+    ax = fig.add_axes([0, 0, 1, h / (h + (30 if title else 0))])
+    ax.imshow(image, interpolation="nearest")
+    ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=8, y=0.995)
+    return fig

@@ -32,7 +32,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from face_pipelines.errors import ParameterError
+from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.training.distributed import EpochSampler
 
@@ -245,6 +245,30 @@ class PackedFaceDataset(Dataset):
         idx, rngs = self._split_keys(list(keys))
         images, labels = self.packed.get_batch(idx)
         return [self._finish(images[j], labels[j], rngs[j]) for j in range(len(idx))]
+
+
+class PackedTargetDataset(PackedFaceDataset):
+    """Packed images with float regression targets [N, K] instead of identity labels."""
+
+    def __init__(self, packed: PackedImages, targets: np.ndarray):
+        super().__init__(packed)
+        if len(targets) != len(packed):
+            raise DataError(f"{len(targets)} targets for {len(packed)} packed images")
+        self.targets = torch.as_tensor(np.asarray(targets, dtype=np.float32))
+
+    def __getitem__(self, key):
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys):
+        idx, _ = self._split_keys(list(keys))
+        images, _ = self.packed.get_batch(idx)
+        return [
+            (
+                torch.from_numpy(np.ascontiguousarray(images[j].transpose(2, 0, 1))),
+                self.targets[int(idx[j])],
+            )
+            for j in range(len(idx))
+        ]
 
 
 def to_device_normalised(

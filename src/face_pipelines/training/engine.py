@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import logging
 import math
 import random
 import shutil
@@ -58,11 +59,13 @@ from face_pipelines.training.device import PrecisionPolicy, resolve_device, unwr
 from face_pipelines.training.distributed import (
     EpochSampler,
     all_reduce_mean,
+    barrier,
     gather_objects,
     is_rank0,
     world_info,
 )
 
+log_warning = logging.getLogger(__name__).warning
 TRAIN_STATE_ARCH = "face_pipelines.train_state"
 LAST_CHECKPOINT = "last.pt"
 
@@ -499,7 +502,17 @@ def fit(
     ckpt_path = Path(checkpoint_dir) / LAST_CHECKPOINT if checkpoint_dir is not None else None
     run_config = {"epochs": epochs, "grad_accum_steps": state.grad_accum_steps, **(config or {})}
     if ckpt_path is not None and ckpt_path.exists():
-        load_train_state(state, ckpt_path, loader)
+        if _is_stale(ckpt_path, run_config):
+            stale = ckpt_path.with_name(f"stale-{time.strftime('%Y%m%dT%H%M%S')}.pt")
+            if rank0:
+                ckpt_path.replace(stale)
+                log_warning(
+                    f"{ckpt_path} was written by a run with another configuration; "
+                    f"moved it to {stale.name} and starting from scratch"
+                )
+            barrier()
+        else:
+            load_train_state(state, ckpt_path, loader)
     sampler = getattr(loader, "sampler", None)
     resumable_sampler = isinstance(sampler, EpochSampler) and getattr(loader, "batch_size", None)
     num_batches = len(loader)
@@ -595,6 +608,23 @@ def fit(
             log(epoch_metrics, state.epoch)
         history.append(epoch_metrics)
     return history
+
+
+def _is_stale(path: Path, run_config: Mapping[str, Any]) -> bool:
+    """True when the checkpoint's run configuration differs from this run's (epochs aside: a longer
+    run may continue a shorter one)."""
+    saved = dict(load_checkpoint(path, map_location="cpu").get("config") or {})
+    ours = {k: v for k, v in run_config.items() if k != "epochs"}
+    saved.pop("epochs", None)
+    return _plain(saved) != _plain(ours)
+
+
+def _plain(obj: Any) -> Any:
+    if isinstance(obj, Mapping):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_plain(v) for v in obj]
+    return obj
 
 
 def _lrs(state: TrainState) -> dict[str, float]:

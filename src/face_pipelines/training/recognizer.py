@@ -13,11 +13,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
+from tqdm.auto import tqdm
 
-from face_pipelines.io.checkpoint import save_checkpoint
+from face_pipelines.errors import ParameterError
+from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.losses.perturbations import random_structure_perturbation
 from face_pipelines.losses.topofr import (
@@ -28,9 +31,14 @@ from face_pipelines.losses.topofr import (
     topology_discrepancy,
 )
 from face_pipelines.models.heads import build_head
-from face_pipelines.models.registry import build_backbone
+from face_pipelines.models.registry import build_backbone, load_backbone_weights
 from face_pipelines.training.data import AugmentationConfig, PackedFaceDataset, make_loader
-from face_pipelines.training.device import maybe_channels_last, maybe_compile, unwrap_model
+from face_pipelines.training.device import (
+    maybe_channels_last,
+    maybe_compile,
+    resolve_device,
+    unwrap_model,
+)
 from face_pipelines.training.distributed import launch, world_info, wrap_ddp
 from face_pipelines.training.engine import TrainState, fit
 from face_pipelines.training.schedule import build_scheduler
@@ -170,6 +178,16 @@ def _make_step_fn(cfg: RecognizerConfig, channels_last: bool):
     return step_fn
 
 
+def _data_fingerprint(packed: PackedImages) -> dict:
+    # A resumed run must train on the same data: count, classes and size identify a packed set.
+    return {
+        "images": len(packed),
+        "classes": packed.num_classes,
+        "size": packed.image_size,
+        "root": str(packed.root) if hasattr(packed, "root") else "",
+    }
+
+
 def _train_worker(
     packed_root: str,
     out_dir: str,
@@ -180,6 +198,7 @@ def _train_worker(
 ) -> dict:
     cfg = RecognizerConfig.model_validate(cfg_dict)
     info = world_info()
+    device_spec = resolve_device(device_spec)
     packed = PackedImages(Path(packed_root))
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.arch, **cfg.backbone_args(packed.image_size))
@@ -296,3 +315,58 @@ def train_recognizer(
         log if config.devices == 1 else None,
     )
     return launch(_train_worker, args, devices=config.devices)
+
+
+def load_recognizer(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    arch: str | None = None,
+    input_size: int = 112,
+    embedding_dim: int = 512,
+) -> tuple[nn.Module, int]:
+    """A backbone in eval mode and its input size, from this project's checkpoint or a foreign one.
+
+    A foreign insightface `backbone.pth` (bare state_dict) needs `arch` (e.g. 'iresnet100') and
+    `input_size`; a project checkpoint records both itself.
+    """
+    ckpt = load_checkpoint(path)
+    if ckpt.get("arch") is None:
+        if arch is None:
+            raise ParameterError(
+                f"{path} is a bare state_dict (e.g. insightface backbone.pth): give its "
+                "architecture (teacher.checkpoint_arch, e.g. iresnet100)"
+            )
+        config = {
+            "num_features" if arch != "small" else "embedding_dim": embedding_dim,
+            "input_size": input_size,
+        }
+        model = build_backbone(arch, **config)
+    else:
+        model = build_backbone(ckpt["arch"], **ckpt["config"])
+        input_size = int(ckpt["config"].get("input_size", input_size))
+    load_backbone_weights(model, ckpt, strict=True)
+    return model.to(device).eval(), input_size
+
+
+def extract_features(
+    model: nn.Module,
+    packed_root: str | Path,
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    progress: bool = True,
+) -> np.ndarray:
+    """Raw (un-normalised) embeddings float32 [N, D] of every packed image, in packed order."""
+
+    packed = PackedImages(Path(packed_root))
+    device = torch.device(device)
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in tqdm(
+            range(0, len(packed), batch_size), desc="extract features", disable=not progress
+        ):
+            images, _ = packed.get_batch(np.arange(s, min(s + batch_size, len(packed))))
+            x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
+            x = x.div_(255.0).sub_(0.5).div_(0.5)
+            out.append(model(x).float().cpu())
+    return torch.cat(out).numpy().astype(np.float32, copy=False)

@@ -1,7 +1,46 @@
-"""The render pipeline (its nodes land with its issue; registered now so the stage names are stable)."""
+"""render: plan + generator + teacher/pose -> synthetic dataset (folders + manifest) + card."""
 
-from kedro.pipeline import Pipeline
+from kedro.pipeline import Node, Pipeline
+
+from .nodes import make_dataset_card, render_synthetic_dataset
 
 
 def create_pipeline(**kwargs) -> Pipeline:
-    return Pipeline([])
+    return Pipeline(
+        [
+            Node(
+                render_synthetic_dataset,
+                inputs=[
+                    "identity_plan",
+                    "identity_vectors",
+                    "identity_centres",
+                    "vec2face_report",
+                    "teacher_summary",
+                    "pose_summary",
+                    "synthetic_dir",
+                    "params:render",
+                    "params:teacher",
+                    "params:common",
+                ],
+                outputs=["synthetic_dataset_info", "render_report"],
+                name="render_synthetic_dataset",
+            ),
+            Node(
+                make_dataset_card,
+                inputs=[
+                    "synthetic_dataset_info",
+                    "render_report",
+                    "sample_report",
+                    "teacher_features",
+                    "subset_packed_manifest",
+                    "subset_packed_dir",
+                    "teacher_summary",
+                    "pose_summary",
+                    "params:teacher",
+                    "params:common",
+                ],
+                outputs=["dataset_card", "dataset_card_plot", "dataset_card_mlflow_metrics"],
+                name="make_dataset_card",
+            ),
+        ]
+    )

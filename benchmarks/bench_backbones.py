@@ -1,0 +1,236 @@
+"""Backbone throughput: training (forward + backward + SGD step) and inference images/s.
+
+Synthetic data, an ArcFace head over 1000 classes. CPU: 'small' at 64 px (channels_last off/on) and
+IResNet-50 at 112 px (few iterations). CUDA: both at larger batches, for every combination of bf16
+autocast, channels_last and torch.compile. Prints a table and writes benchmarks/results/backbones.json
+(device, versions, config, median images/s over repeats).
+
+    python benchmarks/bench_backbones.py              # auto device; the CPU run takes ~1-2 minutes
+    python benchmarks/bench_backbones.py --device cpu --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from face_pipelines.io.atomic import write_text_atomic
+from face_pipelines.models.heads import ArcFaceHead
+from face_pipelines.models.registry import build_backbone
+
+RESULTS = Path(__file__).resolve().parent / "results" / "backbones.json"
+NUM_CLASSES = 1000
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"{platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def _timed(fn, device, warmup: int, repeats: int, iters: int, batch: int):
+    """Wall-clock images/s of each repeat (each repeat = `iters` calls of fn), and images per
+    CPU-second of this process over all repeats (on a shared CPU the wall-clock rate drops with other
+    users' load; the CPU-time rate barely moves, so it shows what an idle machine would do)."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    rates = []
+    cpu_start = time.process_time()
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        _sync(device)
+        rates.append(iters * batch / (time.perf_counter() - start))
+    per_cpu_s = repeats * iters * batch / max(time.process_time() - cpu_start, 1e-9)
+    return rates, per_cpu_s
+
+
+def bench_one(
+    arch: str,
+    input_size: int,
+    batch: int,
+    device: torch.device,
+    bf16: bool,
+    channels_last: bool,
+    compile_model: bool,
+    warmup: int,
+    repeats: int,
+    iters: int,
+) -> dict:
+    """Train and inference images/s of one backbone configuration."""
+    torch.manual_seed(0)
+    kwargs = {"input_size": input_size}
+    model = build_backbone(arch, **kwargs).to(device)
+    head = ArcFaceHead(model.num_features, NUM_CLASSES).to(device)
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=memory_format)
+    run_model = torch.compile(model) if compile_model else model
+    params = [p for p in list(model.parameters()) + list(head.parameters()) if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    x = torch.randn(batch, 3, input_size, input_size, device=device)
+    x = x.contiguous(memory_format=memory_format)
+    y = torch.randint(0, NUM_CLASSES, (batch,), device=device)
+
+    def autocast():
+        if bf16:
+            return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def train_step():
+        with autocast():
+            emb = run_model(x)
+        loss = head(emb, y)["loss"]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    def infer_step():
+        with torch.inference_mode(), autocast():
+            run_model(x)
+
+    model.train()
+    train, train_cpu = _timed(train_step, device, warmup, repeats, iters, batch)
+    model.eval()
+    infer, infer_cpu = _timed(infer_step, device, warmup, repeats, iters, batch)
+    return {
+        "arch": arch,
+        "input_size": input_size,
+        "batch": batch,
+        "bf16": bf16,
+        "channels_last": channels_last,
+        "compile": compile_model,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
+        "train_img_s": statistics.median(train),
+        "infer_img_s": statistics.median(infer),
+        "train_img_per_cpu_s": train_cpu,
+        "infer_img_per_cpu_s": infer_cpu,
+        "train_img_s_repeats": train,
+        "infer_img_s_repeats": infer,
+        "warmup": warmup,
+        "iters_per_repeat": iters,
+    }
+
+
+def plan(device: torch.device, repeats: int) -> list[dict]:
+    """Configurations to run on this device."""
+    if device.type == "cuda":
+        runs = []
+        for (arch, size, batch), bf16, cl, comp in itertools.product(
+            [("small", 64, 512), ("iresnet50", 112, 256)],
+            [False, True],
+            [False, True],
+            [False, True],
+        ):
+            runs.append(
+                dict(
+                    arch=arch,
+                    input_size=size,
+                    batch=batch,
+                    bf16=bf16,
+                    channels_last=cl,
+                    compile_model=comp,
+                    warmup=5,
+                    repeats=repeats,
+                    iters=10,
+                )
+            )
+        return runs
+    small = dict(
+        arch="small",
+        input_size=64,
+        batch=128,
+        bf16=False,
+        compile_model=False,
+        warmup=2,
+        repeats=repeats,
+        iters=3,
+    )
+    r50 = dict(
+        arch="iresnet50",
+        input_size=112,
+        batch=32,
+        bf16=False,
+        channels_last=False,
+        compile_model=False,
+        warmup=1,
+        repeats=3,
+        iters=1,
+    )
+    return [{**small, "channels_last": False}, {**small, "channels_last": True}, r50]
+
+
+def main() -> None:
+    """Run the plan for the chosen device, print a table and write the JSON results."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=os.cpu_count(), help="CPU threads for torch")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats (median reported)")
+    parser.add_argument("--only", default=None, help="run only this arch (e.g. small)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="JSON output path")
+    args = parser.parse_args()
+
+    if args.device == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(args.device)
+    torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+    rows = []
+    for cfg in plan(device, args.repeats):
+        if args.only and cfg["arch"] != args.only:
+            continue
+        row = bench_one(device=device, **cfg)
+        row["load_avg_1m_after"] = os.getloadavg()[0]
+        rows.append(row)
+        print(
+            f"{row['arch']:>10} {row['input_size']:>4}px b{row['batch']:<4} "
+            f"bf16={int(row['bf16'])} cl={int(row['channels_last'])} compile={int(row['compile'])}  "
+            f"train {row['train_img_s']:9.1f} img/s   infer {row['infer_img_s']:9.1f} img/s   "
+            f"| per CPU-s: train {row['train_img_per_cpu_s']:7.1f} infer "
+            f"{row['infer_img_per_cpu_s']:7.1f}  (load {row['load_avg_1m_after']:.1f})",
+            flush=True,
+        )
+
+    result = {
+        "benchmark": "backbones",
+        "device": _device_name(device),
+        "device_type": device.type,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "config": {
+            "num_classes_head": NUM_CLASSES,
+            "optimizer": "SGD(momentum=0.9, wd=5e-4)",
+            "repeats": args.repeats,
+            "statistic": "median images/s over repeats",
+        },
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "results": rows,
+    }
+    write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()

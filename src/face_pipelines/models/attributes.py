@@ -1,0 +1,46 @@
+"""Attribute models that AttrOP steers with: a differentiable head-pose regressor.
+
+Quality is the MagFace feature norm of a recognizer (face_pipelines.models.heads.magface_quality),
+so it needs no model of its own here.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+POSE_SCALE_DEG = 90.0  # outputs are regressed in units of 90 degrees, reported in degrees
+
+
+class PoseRegressor(nn.Module):
+    """Small CNN: aligned face [B,3,H,W] in [-1,1] -> (yaw, pitch) in degrees [B,2].
+
+    Args:
+        widths: channels of the stride-2 conv stages.
+        input_size: input side in pixels (recorded for checkpoints; the net is size-agnostic).
+    """
+
+    def __init__(
+        self, widths: tuple[int, ...] | list[int] = (24, 48, 96, 128), input_size: int = 64
+    ):
+        super().__init__()
+        self.input_size = int(input_size)
+        layers, in_ch = [], 3
+        for w in widths:
+            layers += [
+                nn.Conv2d(in_ch, int(w), 3, stride=2, padding=1, bias=False),
+                nn.BatchNorm2d(int(w)),
+                nn.SiLU(inplace=True),
+                nn.Conv2d(int(w), int(w), 3, padding=1, bias=False),
+                nn.BatchNorm2d(int(w)),
+                nn.SiLU(inplace=True),
+            ]
+            in_ch = int(w)
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(
+            nn.Flatten(), nn.Linear(in_ch, 64), nn.SiLU(inplace=True), nn.Linear(64, 2)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x).mean(dim=(2, 3), keepdim=True)
+        return self.head(h) * POSE_SCALE_DEG

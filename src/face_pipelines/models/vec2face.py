@@ -1,0 +1,712 @@
+"""Vec2Face generator: a face-feature vector in, a face image out.
+
+Three stages, each a method named by what it does (the layout of MAE's models_mae.py):
+
+1. ``forward_encoder``: the vector becomes a grid of tokens (Linear feat_dim -> width gives ``e``; a
+   per-channel Linear(1 -> G) spreads ``e`` over the G = grid*grid positions; ``e`` is prepended as
+   token 0), rows of the grid are masked/dropped, and a ViT encoder runs over what is left.
+2. ``forward_decoder``: every masked or dropped position is filled with the encoder's token-0 output
+   (there is no learned mask token), and a ViT decoder predicts the full token grid.
+3. ``forward_image``: a VQGAN-style convolutional decoder (no attention) turns the grid into RGB.
+
+Row masking is the feature-masked autoencoder (fMAE) of the Vec2Face paper: a "row" is one grid token
+(one row of the [G, width] token matrix). For a mask ratio r drawn from a truncated normal on
+[min, max], ceil(G*min) rows are dropped from the encoder input and ceil(G*r) rows (a superset) are
+masked: masked rows that are still fed to the encoder carry ``e`` instead of their own content.
+Masking stays random at inference (with milder ratios): it is a source of intra-class variation
+besides noise on the vector.
+
+Differences from the upstream implementation, on purpose:
+- ResBlocks that change channels apply their 1x1 shortcut to the block input x (upstream applied
+  it to the residual branch h, losing the identity path).
+- The mask ratio is drawn per sample (upstream: one ratio per batch), so the images of a batch do
+  not share one masking strength; the number of dropped rows is fixed (ceil(G*min)) so the encoder
+  input keeps a rectangular shape.
+- Randomness comes from an optional ``torch.Generator``, so a seeded render is reproducible.
+- No unused modules (upstream carried a patch embedding and a centre-token layer it never called).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from timm.models.vision_transformer import Block
+from torch import nn
+
+from face_pipelines.errors import DataError, ParameterError
+
+__all__ = [
+    "INFERENCE_MASKING",
+    "TRAIN_MASKING",
+    "VEC2FACE_PRESETS",
+    "ImageDecoder",
+    "MaskingParams",
+    "ResBlock",
+    "RowMask",
+    "Vec2Face",
+    "Vec2FaceConfig",
+    "build_vec2face",
+    "sample_mask_ratios",
+    "sample_row_mask",
+]
+
+
+# --------------------------------------------------------------------------------------------------
+# configuration
+class MaskingParams(BaseModel):
+    """Truncated-normal distribution of the row-mask ratio r (fraction of grid rows masked)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    min: float = Field(
+        ...,
+        ge=0.0,
+        le=1.0,
+        description="Lower bound of r; ceil(G*min) rows are always dropped from the encoder input.",
+    )
+    max: float = Field(..., ge=0.0, le=1.0, description="Upper bound of r.")
+    mu: float = Field(..., description="Mean of the normal before truncation to [min, max].")
+    sigma: float = Field(
+        ..., gt=0.0, description="Standard deviation of the normal before truncation."
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> MaskingParams:
+        if self.max < self.min:
+            raise ValueError(f"max ({self.max}) must be >= min ({self.min})")
+        return self
+
+
+TRAIN_MASKING = MaskingParams(min=0.5, max=1.0, mu=0.75, sigma=0.25)
+INFERENCE_MASKING = MaskingParams(min=0.1, max=1.0, mu=0.15, sigma=0.25)
+
+
+class Vec2FaceConfig(BaseModel):
+    """Every constructor argument of `Vec2Face`; defaults are the CPU (64 px) model."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    feat_dim: int = Field(512, gt=0, description="Length of the input face-feature vector.")
+    image_size: int = Field(
+        64,
+        gt=0,
+        description="Side of the square output image in pixels; "
+        "must equal grid_size * 2**(len(ch_mult)-1).",
+    )
+    grid_size: int = Field(
+        4,
+        gt=0,
+        description="Side of the token grid (G = grid_size**2 tokens; 7 at 112 px, 4 at 64 px).",
+    )
+    width: int = Field(
+        128, gt=0, description="Token width of the vector embedding and the ViT encoder."
+    )
+    depth: int = Field(4, ge=1, description="Number of ViT encoder blocks.")
+    num_heads: int = Field(
+        4, ge=1, description="Attention heads per encoder block (divides width)."
+    )
+    decoder_width: int = Field(128, gt=0, description="Token width of the ViT decoder.")
+    decoder_depth: int = Field(2, ge=1, description="Number of ViT decoder blocks.")
+    decoder_num_heads: int = Field(
+        4, ge=1, description="Attention heads per decoder block (divides decoder_width)."
+    )
+    mlp_ratio: float = Field(4.0, gt=0, description="Hidden width of a block's MLP / its width.")
+    qkv_bias: bool = Field(True, description="Bias on the attention qkv projection.")
+    dropout: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="Dropout on the token embedding and "
+        "inside the transformer blocks (attention and projections); the paper "
+        "uses 0.1, the CPU default 0 (row masking already regularises and "
+        "dropout costs ~30% of the small transformer's CPU time).",
+    )
+    z_channels: int = Field(
+        64,
+        gt=0,
+        description="Channels of the latent map handed to the image "
+        "decoder (decoder tokens are projected to it).",
+    )
+    ch: int = Field(8, gt=0, description="Base channel count of the image decoder.")
+    ch_mult: tuple[int, ...] = Field(
+        (1, 1, 2, 4, 8),
+        min_length=1,
+        description="Channel "
+        "multiplier per resolution level, finest first; each level "
+        "but the finest ends with a x2 upsample.",
+    )
+    num_res_blocks: int | tuple[int, ...] = Field(
+        (0, 1, 1, 1, 1),
+        description="ResBlocks per resolution level: one count for all levels or "
+        "one per level (finest first, like ch_mult). A level with 0 blocks only upsamples into it "
+        "and keeps the channels of the level above, so its ch_mult entry must equal that level's "
+        "(the CPU default skips the 64 px ResBlock: full-resolution convs dominate CPU time).",
+    )
+    mid_blocks: int = Field(
+        1, ge=0, description="ResBlocks at the coarsest resolution before the upsampling levels."
+    )
+    norm_groups: int = Field(
+        8,
+        ge=1,
+        description="GroupNorm groups in the image decoder (reduced "
+        "to the largest divisor of a layer's channels for narrow layers).",
+    )
+    fp32_transformer: bool = Field(
+        False,
+        description="Run the transformer blocks outside autocast "
+        "in fp32 (upstream's fp16 stability measure; slower).",
+    )
+    train_masking: MaskingParams = Field(
+        TRAIN_MASKING, description="Mask-ratio distribution used with masking=True / 'train'."
+    )
+    inference_masking: MaskingParams = Field(
+        INFERENCE_MASKING, description="Mask-ratio distribution used with masking='inference'."
+    )
+
+    @model_validator(mode="after")
+    def _check_shapes(self) -> Vec2FaceConfig:
+        upsampled = self.grid_size * 2 ** (len(self.ch_mult) - 1)
+        if upsampled != self.image_size:
+            raise ValueError(
+                f"image_size ({self.image_size}) must equal grid_size * 2**(len(ch_mult)-1) "
+                f"= {self.grid_size} * 2**{len(self.ch_mult) - 1} = {upsampled}"
+            )
+        if self.width % self.num_heads:
+            raise ValueError(
+                f"width ({self.width}) must be divisible by num_heads ({self.num_heads})"
+            )
+        if self.decoder_width % self.decoder_num_heads:
+            raise ValueError(
+                f"decoder_width ({self.decoder_width}) must be divisible by "
+                f"decoder_num_heads ({self.decoder_num_heads})"
+            )
+        if any(m < 1 for m in self.ch_mult):
+            raise ValueError(f"ch_mult entries must be >= 1, got {self.ch_mult}")
+        blocks = self.res_blocks_per_level()
+        if len(blocks) != len(self.ch_mult) or any(n < 0 for n in blocks):
+            raise ValueError(
+                f"num_res_blocks must be an int or one count >= 0 per ch_mult level "
+                f"({len(self.ch_mult)}), got {self.num_res_blocks}"
+            )
+        for level in range(len(self.ch_mult) - 1):
+            if blocks[level] == 0 and self.ch_mult[level] != self.ch_mult[level + 1]:
+                raise ValueError(
+                    f"level {level} has 0 ResBlocks, so it cannot change channels: "
+                    f"ch_mult[{level}] must equal ch_mult[{level + 1}] "
+                    f"({self.ch_mult[level + 1]}), got {self.ch_mult[level]}"
+                )
+        return self
+
+    def res_blocks_per_level(self) -> tuple[int, ...]:
+        """num_res_blocks as one count per level, finest first."""
+        if isinstance(self.num_res_blocks, int):
+            return (self.num_res_blocks,) * len(self.ch_mult)
+        return tuple(self.num_res_blocks)
+
+
+VEC2FACE_PRESETS: dict[str, dict[str, Any]] = {
+    # CPU default: 64 px from a 4x4 grid, 1.56M parameters, small enough to train on 2 CPU cores.
+    "default": Vec2FaceConfig().model_dump(),
+    # The published ViT-B model: 112 px from a 7x7 grid; 173.6M parameters (encoder 85.1M,
+    # decoder 56.7M, image decoder 30.8M), as upstream's ~174M.
+    "paper": Vec2FaceConfig(
+        feat_dim=512,
+        image_size=112,
+        grid_size=7,
+        width=768,
+        depth=12,
+        num_heads=12,
+        decoder_width=768,
+        decoder_depth=8,
+        decoder_num_heads=16,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        dropout=0.1,
+        z_channels=256,
+        ch=128,
+        ch_mult=(1, 1, 2, 2, 4),
+        num_res_blocks=2,
+        mid_blocks=2,
+        norm_groups=32,
+    ).model_dump(),
+}
+
+
+def _parse_config(params: Mapping[str, Any]) -> Vec2FaceConfig:
+    try:
+        return Vec2FaceConfig.model_validate(dict(params))
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}" for e in err.errors()
+        )
+        raise ParameterError(f"invalid Vec2Face parameters: {problems}") from None
+
+
+def _parse_masking_params(value: MaskingParams | Mapping[str, Any]) -> MaskingParams:
+    if isinstance(value, MaskingParams):
+        return value
+    try:
+        return MaskingParams.model_validate(dict(value))
+    except ValidationError as err:
+        raise ParameterError(f"invalid masking parameters {dict(value)!r}: {err}") from None
+
+
+# --------------------------------------------------------------------------------------------------
+# row masking
+@dataclass(frozen=True)
+class RowMask:
+    """Which grid rows are dropped from / masked in the encoder input, per sample.
+
+    Attributes:
+        keep_index: [B, G - n_drop] long, grid positions (0..G-1) fed to the encoder.
+        dropped: [B, G] bool, rows removed from the encoder input (exactly n_drop per sample).
+        masked: [B, G] bool, rows whose content is hidden (dropped rows included); the decoder fills
+            them with the encoder's token-0 output.
+        ratio: [B] float64, the sampled mask ratio r of each sample (0 for an unmasked forward).
+    """
+
+    keep_index: torch.Tensor
+    dropped: torch.Tensor
+    masked: torch.Tensor
+    ratio: torch.Tensor
+
+    def to(self, device: torch.device | str) -> RowMask:
+        """The same mask on another device."""
+        return RowMask(
+            *(t.to(device) for t in (self.keep_index, self.dropped, self.masked, self.ratio))
+        )
+
+
+def sample_mask_ratios(
+    n: int, params: MaskingParams, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Draw n mask ratios from N(mu, sigma^2) truncated to [min, max] ([n] float64 on CPU).
+
+    Inverse-CDF sampling; the random numbers come from `generator` (on its own device).
+    """
+    device = generator.device if generator is not None else torch.device("cpu")
+    u = torch.rand(n, generator=generator, device=device, dtype=torch.float64).cpu()
+    a = (params.min - params.mu) / params.sigma
+    b = (params.max - params.mu) / params.sigma
+    # The normal CDF loses all precision far in the upper tail (it rounds to 1), so an interval
+    # above the mean is sampled as its mirror image below the mean and flipped back.
+    flip = a > 0
+    if flip:
+        a, b = -b, -a
+    cdf_a, cdf_b = torch.special.ndtr(torch.tensor([a, b], dtype=torch.float64))
+    if cdf_b > cdf_a:
+        x = torch.special.ndtri(cdf_a + u * (cdf_b - cdf_a))
+    else:  # interval so far in the tail that its CDF mass underflows: all mass sits at b
+        x = torch.full_like(u, b)
+    if flip:
+        x = -x
+    return (params.mu + params.sigma * x).clamp(params.min, params.max)
+
+
+def _row_count(n_rows: int, ratio: float | torch.Tensor) -> Any:
+    # Rounded to 9 decimals first so binary floating point cannot add a row: 100 * 0.7 is
+    # 70.00000000000001 in float64 and must give 70 rows, not 71.
+    if isinstance(ratio, torch.Tensor):
+        return torch.ceil(torch.round(n_rows * ratio, decimals=9)).long()
+    return math.ceil(round(n_rows * ratio, 9))
+
+
+def sample_row_mask(
+    batch_size: int,
+    n_rows: int,
+    params: MaskingParams | None,
+    generator: torch.Generator | None = None,
+) -> RowMask:
+    """Sample a RowMask on CPU (params None: nothing dropped or masked).
+
+    Rows are ranked by uniform noise; the first ceil(G*min) are dropped and the first ceil(G*r)
+    masked, so dropped rows are always masked too.
+    """
+    if params is None:
+        index = torch.arange(n_rows).expand(batch_size, n_rows).contiguous()
+        none = torch.zeros(batch_size, n_rows, dtype=torch.bool)
+        return RowMask(index, none, none.clone(), torch.zeros(batch_size, dtype=torch.float64))
+    device = generator.device if generator is not None else torch.device("cpu")
+    ratio = sample_mask_ratios(batch_size, params, generator)
+    n_drop = _row_count(n_rows, params.min)
+    n_mask = _row_count(n_rows, ratio).clamp(n_drop, n_rows)
+    noise = torch.rand(batch_size, n_rows, generator=generator, device=device).cpu()
+    order = torch.argsort(noise, dim=1)  # order[:, k] = the row ranked k-th
+    rank = torch.argsort(order, dim=1)  # rank[:, j] = rank of row j
+    dropped = rank < n_drop
+    masked = rank < n_mask[:, None]
+    keep_index = torch.sort(order[:, n_drop:], dim=1).values  # kept rows in raster order
+    return RowMask(keep_index, dropped, masked, ratio)
+
+
+# --------------------------------------------------------------------------------------------------
+# image decoder
+def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
+    groups = math.gcd(groups, channels)
+    return nn.GroupNorm(groups, channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv3x3 twice, plus a shortcut of the input (1x1 conv when channels change)."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm_groups: int = 32) -> None:
+        super().__init__()
+        self.norm1 = _group_norm(in_channels, norm_groups)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.norm2 = _group_norm(out_channels, norm_groups)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.shortcut = (
+            nn.Identity()
+            if in_channels == out_channels
+            else nn.Conv2d(in_channels, out_channels, 1)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x [B, Cin, H, W] -> [B, Cout, H, W]."""
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.shortcut(x) + h
+
+
+class Upsample(nn.Module):
+    """Nearest-neighbour x2 followed by a 3x3 conv."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, C, 2H, 2W]."""
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class ImageDecoder(nn.Module):
+    """Token grid -> RGB image: a taming-VQGAN decoder without attention.
+
+    tokens [B, G, in_dim] -> Linear to z_channels -> [B, z, g, g] -> conv_in -> mid ResBlocks ->
+    per level (coarsest first) num_res_blocks[level] ResBlocks then a x2 upsample (not after the
+    finest) -> GroupNorm, SiLU, conv3x3 -> [B, 3, g*2**(L-1), ...]. No output activation: the range
+    [-1, 1] is learnt and only clamped at inference.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        grid_size: int,
+        z_channels: int,
+        ch: int,
+        ch_mult: tuple[int, ...],
+        num_res_blocks: tuple[int, ...],
+        mid_blocks: int,
+        norm_groups: int,
+    ) -> None:
+        super().__init__()
+        self.grid_size = grid_size
+        self.to_latent = nn.Linear(in_dim, z_channels)
+        channels = ch * ch_mult[-1]
+        self.conv_in = nn.Conv2d(z_channels, channels, 3, padding=1)
+        self.mid = nn.Sequential(
+            *(ResBlock(channels, channels, norm_groups) for _ in range(mid_blocks))
+        )
+        levels = []
+        for level in reversed(range(len(ch_mult))):
+            out_channels = ch * ch_mult[level]
+            layers: list[nn.Module] = []
+            for _ in range(num_res_blocks[level]):
+                layers.append(ResBlock(channels, out_channels, norm_groups))
+                channels = out_channels
+            if level != 0:
+                layers.append(Upsample(channels))
+            levels.append(nn.Sequential(*layers))
+        self.levels = nn.Sequential(*levels)
+        self.norm_out = _group_norm(channels, norm_groups)
+        self.conv_out = nn.Conv2d(channels, 3, 3, padding=1)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens [B, G, in_dim] in raster order -> image [B, 3, H, W] (unbounded)."""
+        b, g, _ = tokens.shape
+        z = self.to_latent(tokens).transpose(1, 2).reshape(b, -1, self.grid_size, self.grid_size)
+        # The reshape leaves z channels-last in memory, and that layout would propagate through
+        # every conv. Follow the weights' layout instead: NCHW unless the model was converted with
+        # .to(memory_format=torch.channels_last) (good on CUDA; on CPU GroupNorm's backward is
+        # about 10x slower channels-last).
+        w = self.conv_in.weight
+        channels_last = w.is_contiguous(memory_format=torch.channels_last) and not w.is_contiguous()
+        z = z.contiguous(
+            memory_format=torch.channels_last if channels_last else torch.contiguous_format
+        )
+        h = self.mid(self.conv_in(z))
+        h = self.levels(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+# --------------------------------------------------------------------------------------------------
+# the generator
+class Vec2Face(nn.Module):
+    """Feature vector -> face image (see the module docstring for the architecture).
+
+    Build it from a parameters mapping: ``Vec2Face(**params)``; the arguments and their defaults
+    (the 64 px CPU model) are the fields of `Vec2FaceConfig`:
+
+    - feat_dim: length of the input feature vector (512).
+    - image_size: output side in pixels (64); must equal grid_size * 2**(len(ch_mult)-1).
+    - grid_size: token-grid side (4; 7 for the 112 px paper model).
+    - width / depth / num_heads: ViT encoder token width, blocks, heads (128 / 4 / 4).
+    - decoder_width / decoder_depth / decoder_num_heads: ViT decoder (128 / 2 / 4).
+    - mlp_ratio: block MLP hidden width / token width (4).
+    - qkv_bias: bias on the qkv projection (True).
+    - dropout: embedding, attention and projection dropout (0; the paper uses 0.1).
+    - z_channels: latent channels fed to the image decoder (64).
+    - ch / ch_mult / num_res_blocks / mid_blocks: image-decoder base channels, per-level
+      multipliers (finest first), ResBlocks per level (an int or one per level) and at the
+      coarsest level (8 / (1,1,2,4,8) / (0,1,1,1,1) / 1).
+    - norm_groups: GroupNorm groups of the image decoder (8, reduced for narrow layers).
+    - fp32_transformer: run transformer blocks in fp32 outside autocast (False).
+    - train_masking / inference_masking: mask-ratio distributions ({min, max, mu, sigma};
+      0.5/1/0.75/0.25 and 0.1/1/0.15/0.25).
+
+    ``VEC2FACE_PRESETS["paper"]`` holds the published ViT-B, 112 px size. The config is kept as
+    ``self.config`` and ``self.config.model_dump()`` rebuilds the same model.
+    """
+
+    def __init__(self, **params: Any) -> None:
+        super().__init__()
+        cfg = _parse_config(params)
+        self.config = cfg
+        self.num_rows = cfg.grid_size**2
+
+        # vector -> token grid
+        self.vector_embed = nn.Linear(cfg.feat_dim, cfg.width)
+        self.grid_expand = nn.Linear(1, self.num_rows)  # shared over channels: e_c -> G values
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_rows, cfg.width))
+        self.embed_norm = nn.LayerNorm(cfg.width, eps=1e-6)
+        self.embed_drop = nn.Dropout(cfg.dropout)
+
+        # ViT encoder
+        self.blocks = nn.ModuleList(self._block(cfg.width, cfg.num_heads) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.width, eps=1e-6)
+
+        # ViT decoder
+        self.decoder_embed = nn.Linear(cfg.width, cfg.decoder_width)
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_rows, cfg.decoder_width))
+        self.decoder_blocks = nn.ModuleList(
+            self._block(cfg.decoder_width, cfg.decoder_num_heads) for _ in range(cfg.decoder_depth)
+        )
+        self.decoder_norm = nn.LayerNorm(cfg.decoder_width, eps=1e-6)
+        # Predicted tokens are compared with the width-sized target map; a projection is only
+        # needed when the decoder is narrower/wider than the encoder.
+        self.token_head = (
+            nn.Identity()
+            if cfg.decoder_width == cfg.width
+            else nn.Linear(cfg.decoder_width, cfg.width)
+        )
+
+        self.image_decoder = ImageDecoder(
+            in_dim=cfg.decoder_width,
+            grid_size=cfg.grid_size,
+            z_channels=cfg.z_channels,
+            ch=cfg.ch,
+            ch_mult=cfg.ch_mult,
+            num_res_blocks=cfg.res_blocks_per_level(),
+            mid_blocks=cfg.mid_blocks,
+            norm_groups=cfg.norm_groups,
+        )
+        self.initialize_weights()
+
+    def _block(self, dim: int, heads: int) -> Block:
+        cfg = self.config
+        return Block(
+            dim,
+            heads,
+            mlp_ratio=cfg.mlp_ratio,
+            qkv_bias=cfg.qkv_bias,
+            proj_drop=cfg.dropout,
+            attn_drop=cfg.dropout,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        )
+
+    def initialize_weights(self) -> None:
+        """Xavier-uniform linears with zero bias, N(0, .02) position embeddings, unit LayerNorms
+        (ViT/MAE initialisation); convolutions keep PyTorch's default."""
+        if self.pos_embed.is_meta:
+            return
+        nn.init.normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.decoder_pos_embed, std=0.02)
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    # ----------------------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> int:
+        """Side of the generated images in pixels."""
+        return self.config.image_size
+
+    def resolve_masking(self, masking: Any) -> MaskingParams | None:
+        """Map a `masking` argument to a ratio distribution (None = no masking)."""
+        if masking is None or masking is False:
+            return None
+        if masking is True or masking == "train":
+            return self.config.train_masking
+        if masking == "inference":
+            return self.config.inference_masking
+        if isinstance(masking, MaskingParams | Mapping):
+            return _parse_masking_params(masking)
+        raise ParameterError(
+            f"masking must be True/'train', 'inference', None/False, a MaskingParams/mapping "
+            f"{{min, max, mu, sigma}} or a RowMask, got {masking!r}"
+        )
+
+    def sample_row_mask(
+        self, batch_size: int, masking: Any = True, generator: torch.Generator | None = None
+    ) -> RowMask:
+        """A RowMask for this model's grid (CPU; `forward` moves it to the input's device)."""
+        return sample_row_mask(batch_size, self.num_rows, self.resolve_masking(masking), generator)
+
+    def _run_blocks(self, blocks: nn.ModuleList, x: torch.Tensor) -> torch.Tensor:
+        if self.config.fp32_transformer and torch.is_autocast_enabled(x.device.type):
+            with torch.autocast(device_type=x.device.type, enabled=False):
+                x = x.float()
+                for blk in blocks:
+                    x = blk(x)
+            return x
+        for blk in blocks:
+            x = blk(x)
+        return x
+
+    # ----------------------------------------------------------------------------------------------
+    def embed_vector(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features [B, D] -> (e [B, W], grid tokens [B, G, W]) before masking."""
+        e = self.vector_embed(features)
+        grid = self.grid_expand(e.unsqueeze(-1)).transpose(1, 2)
+        return e, grid
+
+    def forward_encoder(
+        self, features: torch.Tensor, row_mask: RowMask
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embed, mask and encode.
+
+        Returns (latent [B, 1 + G - n_drop, W] with token 0 first, target grid [B, G, W] detached:
+        the unmasked token map the decoder learns to reproduce).
+        """
+        e, grid = self.embed_vector(features)
+        target = grid.detach()
+        grid = torch.where(row_mask.masked.unsqueeze(-1), e.unsqueeze(1), grid)
+        x = torch.cat([e.unsqueeze(1), grid], dim=1) + self.pos_embed
+        x = self.embed_drop(self.embed_norm(x))
+        width = x.shape[-1]
+        kept = torch.gather(x[:, 1:], 1, row_mask.keep_index.unsqueeze(-1).expand(-1, -1, width))
+        x = torch.cat([x[:, :1], kept], dim=1)
+        x = self._run_blocks(self.blocks, x)
+        return self.norm(x), target
+
+    def forward_decoder(self, latent: torch.Tensor, row_mask: RowMask) -> torch.Tensor:
+        """Fill dropped/masked rows with the token-0 output and decode: -> tokens [B, G, Wd]."""
+        y = self.decoder_embed(latent)
+        b, _, width = y.shape
+        fill = y[:, :1].expand(b, self.num_rows, width)
+        index = row_mask.keep_index.unsqueeze(-1).expand(-1, -1, width)
+        grid = fill.scatter(1, index, y[:, 1:])
+        grid = torch.where(row_mask.masked.unsqueeze(-1), fill, grid)
+        x = torch.cat([y[:, :1], grid], dim=1) + self.decoder_pos_embed
+        x = self._run_blocks(self.decoder_blocks, x)
+        return self.decoder_norm(x)[:, 1:]
+
+    def forward_image(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Decoder tokens [B, G, Wd] -> image [B, 3, H, W] (unbounded; trained towards [-1, 1])."""
+        return self.image_decoder(tokens)
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        masking: Any = True,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Generate images and everything the training losses need.
+
+        Args:
+            features: [B, feat_dim] float, raw (un-normalised) face features.
+            masking: True or 'train' (training ratios), 'inference', None/False (no masking),
+                a MaskingParams / mapping {min, max, mu, sigma}, or a RowMask (an exact mask, e.g.
+                to keep it fixed over AttrOP steps).
+            generator: torch.Generator for the mask draw (CPU or the features' device);
+                None uses the global CPU RNG.
+
+        Returns:
+            dict with image [B, 3, H, W] (unclamped), tokens_pred [B, G, W], tokens_target
+            [B, G, W] (detached), mask [B, G] bool (masked rows, dropped ones included),
+            dropped [B, G] bool.
+        """
+        self._check_features(features)
+        if isinstance(masking, RowMask):
+            row_mask = masking
+            if row_mask.masked.shape != (features.shape[0], self.num_rows):
+                raise DataError(
+                    f"RowMask is for shape {tuple(row_mask.masked.shape)}, expected "
+                    f"({features.shape[0]}, {self.num_rows})"
+                )
+        else:
+            row_mask = self.sample_row_mask(features.shape[0], masking, generator)
+        row_mask = row_mask.to(features.device)
+        latent, target = self.forward_encoder(features, row_mask)
+        tokens = self.forward_decoder(latent, row_mask)
+        image = self.forward_image(tokens)
+        return {
+            "image": image,
+            "tokens_pred": self.token_head(tokens),
+            "tokens_target": target,
+            "mask": row_mask.masked,
+            "dropped": row_mask.dropped,
+        }
+
+    def generate(
+        self,
+        features: torch.Tensor,
+        masking: Any = "inference",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Images clamped to [-1, 1] for rendering and AttrOP.
+
+        Autograd stays on (AttrOP optimises the input vector through this); wrap in
+        torch.no_grad() for plain rendering, and call .eval() first to switch dropout off.
+        """
+        return self.forward(features, masking=masking, generator=generator)["image"].clamp(-1, 1)
+
+    def _check_features(self, features: torch.Tensor) -> None:
+        if features.ndim != 2 or features.shape[1] != self.config.feat_dim:
+            raise DataError(
+                f"Vec2Face expects features of shape [B, {self.config.feat_dim}], "
+                f"got {tuple(features.shape)}"
+            )
+        if not features.is_floating_point():
+            raise DataError(f"Vec2Face expects float features, got {features.dtype}")
+
+
+def build_vec2face(
+    preset: str = "default", device: torch.device | str | None = None, **overrides: Any
+) -> Vec2Face:
+    """A Vec2Face from a named preset ('default' or 'paper') with keyword overrides.
+
+    device='meta' builds the structure without allocating weights (parameter counting).
+    """
+    if preset not in VEC2FACE_PRESETS:
+        raise ParameterError(
+            f"unknown Vec2Face preset {preset!r}; known: {sorted(VEC2FACE_PRESETS)}"
+        )
+    params = {**VEC2FACE_PRESETS[preset], **overrides}
+    if device is None:
+        return Vec2Face(**params)
+    with torch.device(device):
+        return Vec2Face(**params)

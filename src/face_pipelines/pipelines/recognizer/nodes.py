@@ -1,0 +1,91 @@
+"""Nodes of the recognizer pipeline: the same recipe trained on the synthetic set and on the real
+subset (the baseline), each as a namespaced instance of one pipeline."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from face_pipelines.io.subset import pack_subset, repack_packed, subsample_per_identity
+from face_pipelines.params import validate_section
+from face_pipelines.reporting.metrics import MetricHistory
+from face_pipelines.training.recognizer import train_recognizer
+
+
+def plan_training_sets(
+    synthetic_dataset_info: dict, subset_packed_manifest: pd.DataFrame, recognizer: dict
+) -> dict:
+    """How many images each instance trains on (equal counts by default: a fair comparison)."""
+    p = validate_section("recognizer", recognizer)
+    counts = {
+        "synthetic": int(synthetic_dataset_info["images"]),
+        "real": int(len(subset_packed_manifest)),
+    }
+    n = dict(counts)
+    if p.match_image_count:
+        n = dict.fromkeys(counts, min(counts.values()))
+    if p.max_images:
+        n = {k: min(v, p.max_images) for k, v in n.items()}
+    return {"available": counts, "images": n, "seed": p.seed}
+
+
+def build_synthetic_training_set(
+    plan: dict, synthetic_dataset_info: dict, packed_dir: Path, recognizer: dict, common: dict
+) -> dict:
+    """Decode the rendered synthetic dataset (subsampled per the plan) into the packed format."""
+    com = validate_section("common", common)
+    root = Path(synthetic_dataset_info["root"])
+    manifest = pd.read_parquet(root / "manifest.parquet")
+    chosen = subsample_per_identity(manifest, plan["images"]["synthetic"], plan["seed"])
+    _, report = pack_subset(
+        chosen,
+        packed_dir,
+        image_size=int(synthetic_dataset_info["image_size"]),
+        shard_size=4096,
+        folder_root=root,
+        num_workers=com.num_workers,
+        progress=com.progress,
+    )
+    return {
+        "packed_dir": str(packed_dir),
+        "images": report["packed"],
+        "identities": int(chosen["identity"].nunique()),
+        "skipped": report["skipped"],
+    }
+
+
+def build_real_training_set(
+    plan: dict,
+    subset_packed_manifest: pd.DataFrame,
+    subset_packed_dir: Path,
+    packed_dir: Path,
+    common: dict,
+) -> dict:
+    """Subsample the packed real subset per the plan into its own packed set."""
+    com = validate_section("common", common)
+    m = subset_packed_manifest.assign(_row=np.arange(len(subset_packed_manifest)))
+    chosen = subsample_per_identity(m, plan["images"]["real"], plan["seed"])
+    info = repack_packed(
+        subset_packed_dir, chosen["_row"].to_numpy(), packed_dir, progress=com.progress
+    )
+    return {"packed_dir": str(packed_dir), **info, "skipped": 0}
+
+
+def train_instance(
+    training_set: dict, model_dir: Path, recognizer: dict, common: dict
+) -> tuple[dict, dict]:
+    """Train the recognizer recipe on one packed training set."""
+    p = validate_section("recognizer", recognizer)
+    com = validate_section("common", common)
+    hist = MetricHistory()
+    summary = train_recognizer(
+        training_set["packed_dir"],
+        model_dir,
+        p.train,
+        device=com.device,
+        progress=com.progress,
+        log=hist,
+    )
+    return {**summary, "training_set": training_set}, hist.as_mlflow()

@@ -1,0 +1,162 @@
+"""Nodes of the render pipeline: render the planned dataset (AttrOP on the planned images) and
+measure it against the real subset in a dataset card."""
+
+from __future__ import annotations
+
+import logging
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from face_pipelines.io.images import decode_image
+from face_pipelines.io.packed import PackedImages
+from face_pipelines.params import validate_section
+from face_pipelines.reporting.dataset_card import build_dataset_card, card_figure, card_summary
+from face_pipelines.reporting.metrics import flat_metrics
+from face_pipelines.synthesis.attrop import AttrOPBatchEditor
+from face_pipelines.synthesis.factory import load_attrop_models, load_generator
+from face_pipelines.synthesis.render import export_recordio, load_rendered_manifest, render_dataset
+from face_pipelines.training.attributes import load_pose_regressor, predict_pose
+from face_pipelines.training.device import resolve_device
+from face_pipelines.training.recognizer import load_recognizer
+
+log = logging.getLogger(__name__)
+
+
+def render_synthetic_dataset(
+    identity_plan: pd.DataFrame,
+    identity_vectors: np.ndarray,
+    identity_centres: np.ndarray,
+    vec2face_report: dict,
+    teacher_summary: dict,
+    pose_summary: dict,
+    synthetic_dir: Path,
+    render: dict,
+    teacher: dict,
+    common: dict,
+) -> tuple[dict, dict]:
+    """Sharded, resumable rendering; AttrOP runs on the plan's `attrop` rows."""
+    p = validate_section("render", render)
+    t = validate_section("teacher", teacher)
+    com = validate_section("common", common)
+    device = str(resolve_device(com.device))
+    ckpt = vec2face_report["checkpoint"]
+    editor = None
+    if p.attrop_enabled and bool(identity_plan["attrop"].any()):
+        editor = AttrOPBatchEditor(
+            identity_centres,
+            partial(
+                load_attrop_models,
+                teacher_summary["checkpoint"],
+                pose_summary["checkpoint"],
+                t.checkpoint_arch,
+                t.checkpoint_input_size,
+                t.checkpoint_embedding_dim,
+                device,
+            ),
+            config=p.attrop,
+        )
+    plan = identity_plan if p.attrop_enabled else identity_plan.assign(attrop=False)
+    manifest, report = render_dataset(
+        plan,
+        np.asarray(identity_vectors),
+        partial(load_generator, ckpt, device),
+        synthetic_dir,
+        shard_identities=p.shard_identities,
+        attrop=editor,
+        batch_size=p.batch_size,
+        num_workers=p.num_workers,
+        seed=p.seed,
+        progress=com.progress,
+        jpeg_quality=p.jpeg_quality,
+        fingerprint=_file_fingerprint(ckpt),
+    )
+    if p.export_recordio:
+        export_recordio(synthetic_dir, Path(synthetic_dir).with_suffix(".rec"))
+    info = {
+        "root": str(synthetic_dir),
+        "images": int(len(manifest)),
+        "identities": int(manifest["identity"].nunique()),
+        "image_size": int(report["image_size"]),
+        "generator": ckpt,
+    }
+    return info, report
+
+
+def _file_fingerprint(path: str) -> str:
+    st = Path(path).stat()
+    return f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _decode_all(root: Path, paths: list[str], size: int) -> np.ndarray:
+    out = np.empty((len(paths), size, size, 3), np.uint8)
+    for i, rel in enumerate(paths):
+        out[i] = decode_image((root / rel).read_bytes(), source=str(root / rel))
+    return out
+
+
+def _embed(model, images: np.ndarray, device, batch: int = 256) -> np.ndarray:
+    feats = []
+    with torch.no_grad():
+        for s in range(0, len(images), batch):
+            x = torch.from_numpy(images[s : s + batch]).to(device).permute(0, 3, 1, 2).float()
+            feats.append(model(x.div_(127.5).sub_(1.0)).float().cpu())
+    return torch.cat(feats).numpy()
+
+
+def make_dataset_card(
+    synthetic_dataset_info: dict,
+    render_report: dict,
+    sample_report: dict,
+    teacher_features: np.ndarray,
+    subset_packed_manifest: pd.DataFrame,
+    subset_packed_dir: Path,
+    teacher_summary: dict,
+    pose_summary: dict,
+    teacher: dict,
+    common: dict,
+):
+    """Re-extract teacher features and pose from the rendered pixels and compare with real."""
+    t = validate_section("teacher", teacher)
+    com = validate_section("common", common)
+    device = resolve_device(com.device)
+    root = Path(synthetic_dataset_info["root"])
+    manifest = load_rendered_manifest(root)
+    images = _decode_all(root, manifest["path"].tolist(), synthetic_dataset_info["image_size"])
+    model, _ = load_recognizer(
+        teacher_summary["checkpoint"],
+        device,
+        arch=t.checkpoint_arch,
+        input_size=t.checkpoint_input_size,
+        embedding_dim=t.checkpoint_embedding_dim,
+    )
+    syn_feats = _embed(model, images, device)
+    pose = load_pose_regressor(pose_summary["checkpoint"], device)
+    syn_yaw = predict_pose(pose, images, device)[:, 0]
+    real = PackedImages(subset_packed_dir)
+    real_images, _ = real.get_batch(np.arange(len(real)))
+    real_yaw = predict_pose(pose, real_images, device)[:, 0]
+    manifest = manifest.assign(yaw_pred=syn_yaw)  # measured on the saved JPEGs
+    on_disk = sum(1 for _ in root.glob("*/*.jpg"))
+    card = build_dataset_card(
+        manifest,
+        syn_feats,
+        np.asarray(teacher_features),
+        subset_packed_manifest["identity"].to_numpy(),
+        sample_report["threshold"],
+        sample_report["leakage_threshold"],
+        syn_yaw,
+        real_yaw,
+        render_report,
+        on_disk,
+        device=str(device),
+    )
+    summary = card_summary(card)
+    log.info("\n%s", summary)
+    metrics = flat_metrics(
+        {k: v for k, v in card.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    )
+    return card, card_figure(card), metrics

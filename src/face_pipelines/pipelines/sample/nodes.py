@@ -1,0 +1,30 @@
+"""Nodes of the sample pipeline: synthetic identity centres and the per-image vector plan."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from face_pipelines.params import validate_section
+from face_pipelines.reporting.metrics import flat_metrics
+from face_pipelines.synthesis.plan import make_identity_plan
+from face_pipelines.training.device import resolve_device
+
+
+def sample_identities(
+    teacher_features: np.ndarray, subset_packed_manifest: pd.DataFrame, sample: dict, common: dict
+):
+    """Centres from a Gaussian fitted to the real identity centres, kept only if well separated
+    (and not too close to any real identity), plus intra-class vectors and AttrOP targets."""
+    p = validate_section("sample", sample)
+    com = validate_section("common", common)
+    device = str(resolve_device(com.device))
+    labels = subset_packed_manifest["identity"].to_numpy()
+    plan, vectors, centres, report = make_identity_plan(
+        np.asarray(teacher_features), labels, p.config, device=device, progress=com.progress
+    )
+    metrics = flat_metrics(
+        {k: v for k, v in report.items() if k != "sampling"}
+        | {"sampling": {k: v for k, v in report["sampling"].items() if isinstance(v, int | float)}}
+    )
+    return plan, vectors, centres, report, metrics

@@ -1,0 +1,33 @@
+"""Picklable factories the renderer sends to its worker processes (each builds its own models)."""
+
+from __future__ import annotations
+
+from face_pipelines.synthesis.attrop import AttrOPModels
+from face_pipelines.training.attributes import load_pose_regressor
+from face_pipelines.training.recognizer import load_recognizer
+from face_pipelines.training.vec2face import load_vec2face
+
+
+def load_generator(path: str, device: str = "cpu"):
+    """The trained Vec2Face generator (eval mode) for rendering."""
+    return load_vec2face(path, device)
+
+
+def load_attrop_models(
+    teacher_path: str,
+    pose_path: str | None,
+    teacher_arch: str | None = None,
+    teacher_input_size: int = 112,
+    teacher_embedding_dim: int = 512,
+    device: str = "cpu",
+) -> AttrOPModels:
+    """Teacher (identity + MagFace-norm quality) and pose model for AttrOP."""
+    teacher, _ = load_recognizer(
+        teacher_path,
+        device,
+        arch=teacher_arch,
+        input_size=teacher_input_size,
+        embedding_dim=teacher_embedding_dim,
+    )
+    pose = load_pose_regressor(pose_path, device) if pose_path else None
+    return AttrOPModels(teacher, pose, None)

@@ -1,0 +1,170 @@
+"""The identity plan: which synthetic identities, how many images each, and what every image asks
+AttrOP for. Combines sampling (centres, intra-class vectors) with attribute targets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from face_pipelines.synthesis.sampling import (
+    calibrate_threshold,
+    fit_centre_distribution,
+    identity_centres,
+    intra_class_vectors,
+    sample_identity_centres,
+)
+
+
+class AttrOPTargets(BaseModel):
+    """Which images get AttrOP and with which targets."""
+
+    model_config = ConfigDict(extra="forbid")
+    fraction: float = Field(
+        0.15,
+        ge=0,
+        le=1,
+        description="fraction of each identity's images "
+        "that get a yaw target (the rest are rendered as sampled)",
+    )
+    yaw_range_deg: tuple[float, float] = Field(
+        (30.0, 75.0), description="|yaw| targets are spread uniformly over this range"
+    )
+    quality_quantile: float | None = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description="quality target of AttrOP images = this quantile of the real "
+        "features' norms (MagFace quality); null = no quality target",
+    )
+
+    @model_validator(mode="after")
+    def _check(self):
+        lo, hi = self.yaw_range_deg
+        if not 0 <= lo <= hi <= 90:
+            raise ValueError("yaw_range_deg must satisfy 0 <= min <= max <= 90")
+        return self
+
+
+class SampleConfig(BaseModel):
+    """Identity sampling and intra-class variation."""
+
+    model_config = ConfigDict(extra="forbid")
+    n_ids: int | None = Field(
+        None,
+        gt=0,
+        description="synthetic identities (null = as many as "
+        "the real subset: the paper's same-size comparison)",
+    )
+    images_per_identity: int | None = Field(
+        None,
+        gt=0,
+        description="images per identity (null = real images / real identities, so "
+        "the synthetic set has the real subset's image count)",
+    )
+    distribution: str = Field(
+        "pca",
+        pattern="^(pca|full|diagonal)$",
+        description="Gaussian fitted to real identity centres",
+    )
+    pca_components: int | None = Field(None, gt=0, description="PCA rank (null = C-1)")
+    threshold: float | None = Field(
+        None,
+        gt=-1,
+        le=1,
+        description="a candidate is kept only if its cosine to every kept "
+        "centre is below this; null = calibrated from the real centres (calibration_quantile). "
+        "The paper's 0.4 belongs to ArcFace-R100 (conf/paper)",
+    )
+    calibration_quantile: float = Field(
+        0.95, gt=0, le=1, description="quantile of real nearest-identity cosines used as threshold"
+    )
+    leakage_threshold: float | None = Field(
+        None,
+        gt=-1,
+        le=1,
+        description="candidates with cosine >= this to any REAL identity centre "
+        "are rejected as leaked identities (null = the separation threshold)",
+    )
+    sigma_mix: list[tuple[float, float]] = Field(
+        [(0.3, 0.4), (0.5, 0.4), (0.7, 0.2)],
+        description="(sigma, proportion) of intra-class noise; sigma relative to the real "
+        "features' per-dimension std",
+    )
+    attrop: AttrOPTargets = Field(default_factory=AttrOPTargets)
+    max_rounds: int = Field(50, gt=0, description="candidate rounds before giving up")
+    seed: int = Field(0, description="seed")
+
+
+def make_identity_plan(
+    features: np.ndarray,
+    labels: np.ndarray,
+    cfg: SampleConfig,
+    device: str = "cpu",
+    progress: bool = True,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
+    """Sample identity centres and per-image vectors; returns (plan, vectors, centres, report)."""
+    features = np.asarray(features, dtype=np.float32)
+    real_centres = identity_centres(features, labels)
+    n_real = len(real_centres)
+    n_ids = cfg.n_ids or n_real
+    k = cfg.images_per_identity or max(1, int(round(len(features) / n_real)))
+    threshold = cfg.threshold
+    calibrated = threshold is None
+    if calibrated:
+        threshold = calibrate_threshold(real_centres, cfg.calibration_quantile, device=device)
+    leak = cfg.leakage_threshold if cfg.leakage_threshold is not None else threshold
+    dist = fit_centre_distribution(real_centres, cfg.distribution, cfg.pca_components)
+    gen = np.random.default_rng(cfg.seed)
+    centres, sample_report = sample_identity_centres(
+        dist,
+        n_ids,
+        threshold,
+        real_centres=real_centres,
+        leakage_threshold=leak,
+        max_rounds=cfg.max_rounds,
+        device=device,
+        generator=gen,
+        progress=progress,
+    )
+    vectors, plan = intra_class_vectors(
+        centres, k, [tuple(x) for x in cfg.sigma_mix], feature_std=features.std(0), generator=gen
+    )
+    plan = _add_attrop_targets(plan, cfg.attrop, np.linalg.norm(features, axis=1), gen)
+    report = {
+        "real_identities": int(n_real),
+        "real_images": int(len(features)),
+        "synthetic_identities": int(n_ids),
+        "images_per_identity": int(k),
+        "synthetic_images": int(len(plan)),
+        "threshold": float(threshold),
+        "threshold_calibrated": calibrated,
+        "calibration_quantile": cfg.calibration_quantile,
+        "leakage_threshold": float(leak),
+        "sampling": sample_report,
+        "attrop_images": int(plan["attrop"].sum()),
+    }
+    return plan, vectors.astype(np.float32), centres.astype(np.float32), report
+
+
+def _add_attrop_targets(
+    plan: pd.DataFrame, t: AttrOPTargets, real_norms: np.ndarray, rng: np.random.Generator
+) -> pd.DataFrame:
+    plan = plan.copy()
+    k = int(plan.groupby("identity").size().max())
+    n_att = int(round(t.fraction * k))
+    # The last n_att images of every identity get targets (sigmas are interleaved within an
+    # identity, so this does not bias the sigma mix); yaw targets are spread evenly per identity.
+    plan["attrop"] = plan["index"] >= (k - n_att) if n_att else False
+    lo, hi = t.yaw_range_deg
+    yaw = np.full(len(plan), np.nan)
+    sel = plan["attrop"].to_numpy()
+    if sel.any():
+        ranks = (plan.loc[sel, "index"] - (k - n_att)).to_numpy()
+        offsets = rng.random(int(plan.loc[sel, "identity"].max()) + 1)
+        pos = (ranks + offsets[plan.loc[sel, "identity"].to_numpy()]) / max(1, n_att)
+        yaw[sel] = lo + (hi - lo) * (pos % 1.0)
+    plan["yaw_target"] = yaw
+    q = np.nan if t.quality_quantile is None else float(np.quantile(real_norms, t.quality_quantile))
+    plan["quality_target"] = np.where(sel, q, np.nan)
+    return plan

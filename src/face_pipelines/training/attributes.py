@@ -1,0 +1,123 @@
+"""Training the attribute models AttrOP uses (head-pose regressor on ground-truth labels)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from face_pipelines.errors import DataError
+from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
+from face_pipelines.io.packed import PackedImages
+from face_pipelines.models.attributes import POSE_SCALE_DEG, PoseRegressor
+from face_pipelines.training.data import PackedTargetDataset, make_loader
+from face_pipelines.training.device import resolve_device
+from face_pipelines.training.engine import TrainState, fit
+from face_pipelines.training.schedule import build_scheduler
+
+
+class PoseConfig(BaseModel):
+    """Recipe of the head-pose regressor."""
+
+    model_config = ConfigDict(extra="forbid")
+    widths: list[int] = Field([24, 48, 96, 128], description="channels of the conv stages")
+    epochs: int = Field(6, gt=0, description="training epochs")
+    batch_size: int = Field(128, gt=0, description="batch size")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (cosine decay)")
+    weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
+    num_workers: int = Field(0, ge=0, description="data-loader workers")
+    seed: int = Field(0, description="seed")
+
+
+def train_pose_regressor(
+    packed_root: str | Path,
+    yaw_pitch_deg: np.ndarray,
+    out_dir: str | Path,
+    config: PoseConfig,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[dict, int], None] | None = None,
+) -> dict:
+    """Fit (yaw, pitch) in degrees from packed images; writes `<out_dir>/model.pt`.
+
+    Returns a summary with the training MAE in degrees. Resumes from `<out_dir>/train_state`.
+    """
+    packed = PackedImages(Path(packed_root))
+    device = resolve_device(device)
+    torch.manual_seed(config.seed)
+    model = PoseRegressor(config.widths, input_size=packed.image_size)
+    ds = PackedTargetDataset(packed, np.asarray(yaw_pitch_deg, dtype=np.float32))
+    loader = make_loader(
+        ds, config.batch_size, seed=config.seed, num_workers=config.num_workers, device=device
+    )
+    opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    total = len(loader) * config.epochs
+    sched = build_scheduler(opt, "cosine", total_steps=total, warmup_steps=max(1, total // 20))
+    state = TrainState.create(model, opt, sched, device=device, grad_clip=5.0)
+    model.to(state.device)
+
+    def step_fn(batch, st: TrainState) -> dict:
+        images, target = batch
+        x = images.to(st.device).float().div_(255.0).sub_(0.5).div_(0.5)
+        target = target.to(st.device)
+        with st.autocast():
+            pred = st.model(x).float()
+        # Smooth L1 in units of 90 degrees: robust to the rare extreme-pose outliers.
+        loss = torch.nn.functional.smooth_l1_loss(
+            pred / POSE_SCALE_DEG, target / POSE_SCALE_DEG, beta=0.05
+        )
+        st.backward_and_step(loss)
+        mae = (pred.detach() - target).abs().mean(0)
+        return {"loss": loss.detach(), "yaw_mae_deg": float(mae[0]), "pitch_mae_deg": float(mae[1])}
+
+    history = fit(
+        step_fn,
+        state,
+        loader,
+        config.epochs,
+        checkpoint_dir=Path(out_dir) / "train_state",
+        log=log,
+        progress=progress,
+        desc="train pose",
+        config={**config.model_dump(), "data": {"images": len(packed), "size": packed.image_size}},
+    )
+    save_checkpoint(
+        Path(out_dir) / "model.pt",
+        arch="pose_regressor",
+        config={"widths": list(config.widths), "input_size": packed.image_size},
+        state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
+        meta={"outputs": ["yaw_deg", "pitch_deg"]},
+    )
+    last = history[-1] if history else {}
+    return {
+        "checkpoint": str(Path(out_dir) / "model.pt"),
+        "final": {k: float(v) for k, v in last.items()},
+    }
+
+
+def load_pose_regressor(path: str | Path, device: torch.device | str = "cpu") -> PoseRegressor:
+    """A trained PoseRegressor in eval mode (from this project's checkpoint)."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("arch") != "pose_regressor":
+        raise DataError(
+            f"{path}: expected a pose_regressor checkpoint, got arch {ckpt.get('arch')!r}"
+        )
+    model = PoseRegressor(**ckpt["config"])
+    model.load_state_dict(ckpt["state_dict"], strict=True)
+    return model.to(device).eval()
+
+
+def predict_pose(
+    model: PoseRegressor, images_uint8: np.ndarray, device, batch_size: int = 512
+) -> np.ndarray:
+    """(yaw, pitch) degrees [N,2] for uint8 RGB images [N,H,W,3]."""
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(images_uint8), batch_size):
+            x = torch.as_tensor(images_uint8[s : s + batch_size]).to(device)
+            x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.5)
+            out.append(model(x).float().cpu())
+    return torch.cat(out).numpy() if out else np.zeros((0, 2), np.float32)

@@ -1,0 +1,430 @@
+"""Training the Vec2Face generator: feature vector -> face image.
+
+Losses (weights are parameters): pixel MSE; identity 1 - cos(teacher(G(f)), f) with the frozen
+teacher; perceptual distance between the teacher's intermediate feature maps of G(f) and x; 1 - SSIM
+(pytorch-msssim); token regression of the decoder tokens onto the unmasked token map; and, from
+`gan_start_epoch`, a GAN with ONE formulation for both players (hinge or least squares). The
+discriminator only ever sees detached fakes in its own loss and is frozen during the generator's, so
+neither objective leaks into the other (upstream mixed a hinge G term with an LSGAN D that also
+received the generator's gradients). An EMA of the generator is kept and is what gets saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pytorch_msssim import ssim
+from torch import nn
+
+from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
+from face_pipelines.io.packed import PackedImages
+from face_pipelines.losses.gan import discriminator_loss, generator_adversarial_loss
+from face_pipelines.metrics.feature_stats import frechet_distance
+from face_pipelines.metrics.separability import pixel_spread
+from face_pipelines.models.discriminator import build_discriminator
+from face_pipelines.models.vec2face import VEC2FACE_PRESETS, Vec2Face, Vec2FaceConfig
+from face_pipelines.reporting.figures import image_grid
+from face_pipelines.training.data import PackedTargetDataset, make_loader
+from face_pipelines.training.device import resolve_device
+from face_pipelines.training.engine import TrainState, fit, frozen
+from face_pipelines.training.schedule import build_scheduler
+
+
+class Vec2FaceLossWeights(BaseModel):
+    """Weights of the generator's loss terms."""
+
+    model_config = ConfigDict(extra="forbid")
+    pixel: float = Field(1.0, ge=0, description="pixel MSE")
+    identity: float = Field(1.0, ge=0, description="1 - cos(teacher(G(f)), f)")
+    perceptual: float = Field(0.2, ge=0, description="teacher feature-map distance")
+    ssim: float = Field(0.2, ge=0, description="1 - SSIM")
+    tokens: float = Field(1.0, ge=0, description="token regression MSE")
+    gan: float = Field(0.1, ge=0, description="adversarial term (after gan_start_epoch)")
+
+
+class Vec2FaceTrainConfig(BaseModel):
+    """Recipe of a Vec2Face training run."""
+
+    model_config = ConfigDict(extra="forbid")
+    preset: Literal["default", "paper"] = Field("default", description="model size preset")
+    model: dict = Field(
+        default_factory=dict,
+        description="overrides of the preset's arguments "
+        "(face_pipelines.models.vec2face.Vec2FaceConfig); feat_dim is set from "
+        "the features",
+    )
+    discriminator_preset: Literal["default", "paper"] = Field("default", description="D size")
+    discriminator_scales: int = Field(2, ge=1, description="1 = patch D, 2 = two-scale D")
+    gan_kind: Literal["hinge", "lsgan"] = Field("hinge", description="GAN formulation (G and D)")
+    gan_start_epoch: int = Field(4, ge=0, description="epoch from which the GAN terms are on")
+    weights: Vec2FaceLossWeights = Field(default_factory=Vec2FaceLossWeights)
+    epochs: int = Field(8, gt=0, description="training epochs")
+    batch_size: int = Field(64, gt=0, description="batch size per process")
+    lr: float = Field(4e-4, gt=0, description="generator AdamW peak lr (warm-up + half-cosine)")
+    lr_d: float = Field(2e-4, gt=0, description="discriminator AdamW lr (constant)")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas (G and D)")
+    weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay of G")
+    warmup_epochs: float = Field(0.5, ge=0, description="linear warm-up of G's lr")
+    grad_clip: float | None = Field(2.0, description="max gradient norm of G and D")
+    ema_decay: float = Field(0.995, ge=0, lt=1, description="EMA of G's weights (saved model)")
+    heldout_identities: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="fraction of identities held out of training to measure identity preservation",
+    )
+    eval_images: int = Field(256, gt=0, description="held-out images used for the report")
+    grid_identities: int = Field(8, gt=0, description="identities per sample grid")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="autocast")
+    num_workers: int = Field(0, ge=0, description="data-loader workers")
+    seed: int = Field(0, description="seed")
+
+    @model_validator(mode="after")
+    def _check_model(self):
+        # Fail at parameter validation, not minutes later when the model is built.
+        try:
+            Vec2FaceConfig(**{**VEC2FACE_PRESETS[self.preset], **self.model})
+        except ValidationError as err:
+            problems = "; ".join(
+                f"model.{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
+            )
+            raise ValueError(problems) from None
+        return self
+
+
+def build_generator(cfg: Vec2FaceTrainConfig, feat_dim: int, image_size: int) -> Vec2Face:
+    """The generator of `cfg` for features of `feat_dim` at `image_size` pixels."""
+    params = {**VEC2FACE_PRESETS[cfg.preset], **cfg.model, "feat_dim": feat_dim}
+    if params["image_size"] != image_size:
+        raise ValueError(
+            f"vec2face image_size {params['image_size']} != packed images {image_size}; set "
+            "vec2face.train.model.image_size/grid_size/ch_mult to match subset.image_size"
+        )
+    return Vec2Face(**params)
+
+
+def _perceptual(maps_fake: list[torch.Tensor], maps_real: list[torch.Tensor]) -> torch.Tensor:
+    # Channel-normalised feature maps (as LPIPS does) so every stage counts comparably.
+    total = 0.0
+    for a, b in zip(maps_fake, maps_real, strict=True):
+        a = a.float() / (a.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
+        b = b.float() / (b.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
+        total = total + (a - b).pow(2).sum(1).mean()
+    return total / len(maps_fake)
+
+
+def _ssim(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    win = 7 if min(fake.shape[-2:]) < 96 else 11
+    return ssim(
+        (fake.float().clamp(-1, 1) + 1) / 2,
+        (real.float() + 1) / 2,
+        data_range=1.0,
+        win_size=win,
+        size_average=True,
+    )
+
+
+@torch.no_grad()
+def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for e, b in zip(ema.buffers(), model.buffers(), strict=True):
+        e.copy_(b)
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _normalise(images_u8: torch.Tensor, device) -> torch.Tensor:
+    return images_u8.to(device).float().div_(255.0).sub_(0.5).div_(0.5)
+
+
+@torch.no_grad()
+def generate_batched(
+    gen: Vec2Face,
+    feats: np.ndarray | torch.Tensor,
+    device,
+    batch_size: int = 256,
+    seed: int = 0,
+    masking="inference",
+) -> np.ndarray:
+    """uint8 images [N,H,W,3] for feature vectors, with seeded inference masking."""
+    g = torch.Generator().manual_seed(seed)
+    feats = torch.as_tensor(np.asarray(feats, dtype=np.float32))
+    out = []
+    gen.eval()
+    for s in range(0, len(feats), batch_size):
+        out.append(_to_uint8(gen.generate(feats[s : s + batch_size].to(device), masking, g)))
+    return (
+        np.concatenate(out) if out else np.zeros((0, gen.image_size, gen.image_size, 3), np.uint8)
+    )
+
+
+@torch.no_grad()
+def _embed(model: nn.Module, images_u8: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    out = []
+    for s in range(0, len(images_u8), batch_size):
+        x = _normalise(torch.from_numpy(images_u8[s : s + batch_size]).permute(0, 3, 1, 2), device)
+        out.append(model(x).float().cpu())
+    return torch.cat(out).numpy()
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    a = a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-8)
+    b = b / (np.linalg.norm(b, axis=1, keepdims=True) + 1e-8)
+    return (a * b).sum(1)
+
+
+def evaluate_generator(
+    gen: Vec2Face,
+    teacher: nn.Module,
+    judge: nn.Module,
+    images_u8: np.ndarray,
+    feats: np.ndarray,
+    labels: np.ndarray,
+    device,
+    seed: int = 0,
+) -> dict:
+    """Identity preservation and realism of G on held-out real (image, feature) pairs.
+
+    identity_cos_mean is the training signal (teacher); judge_identity_cos_mean uses a recognizer
+    no loss saw, comparing G(f) with the real image x; ssim_mean compares G(f) with x; judge_fd is
+    the Frechet distance between judge features of real and generated images; pixel spread is the
+    mean per-identity pixel std (variation within an identity), generated vs real.
+    """
+    fake = generate_batched(gen, feats, device, seed=seed)
+    t_fake = _embed(teacher, fake, device)
+    j_fake, j_real = _embed(judge, fake, device), _embed(judge, images_u8, device)
+    id_cos = _cos(t_fake, feats)
+    judge_cos = _cos(j_fake, j_real)
+    with torch.no_grad():
+        f_t = torch.from_numpy(fake).permute(0, 3, 1, 2).float() / 127.5 - 1
+        r_t = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
+        ssim_mean = float(_ssim(f_t, r_t))
+    q = np.quantile
+    return {
+        "identity_cos_mean": float(id_cos.mean()),
+        "identity_cos_quantiles": {str(k): float(q(id_cos, k)) for k in (0.1, 0.5, 0.9)},
+        "judge_identity_cos_mean": float(judge_cos.mean()),
+        "judge_identity_cos_quantiles": {str(k): float(q(judge_cos, k)) for k in (0.1, 0.5, 0.9)},
+        "ssim_mean": ssim_mean,
+        "judge_fd": float(frechet_distance(j_real, j_fake)),
+        "pixel_spread_generated": float(pixel_spread(fake, labels)),
+        "pixel_spread_real": float(pixel_spread(images_u8, labels)),
+        "eval_images": int(len(feats)),
+    }
+
+
+def sample_grid(
+    gen: Vec2Face,
+    real_u8: np.ndarray,
+    feats: np.ndarray,
+    new_vectors: np.ndarray,
+    device,
+    seed: int = 0,
+) -> np.ndarray:
+    """Rows: real images, their reconstructions G(f), then two renderings of new vectors."""
+    rec = generate_batched(gen, feats, device, seed=seed)
+    new_a = generate_batched(gen, new_vectors, device, seed=seed + 1)
+    new_b = generate_batched(gen, new_vectors, device, seed=seed + 2)
+    return image_grid(np.concatenate([real_u8, rec, new_a, new_b]), ncols=len(feats))
+
+
+def gaussian_vectors(feats: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """Random vectors from a full-covariance Gaussian fitted to features (for sample grids)."""
+    rng = np.random.default_rng(seed)
+    mean = feats.mean(0)
+    cov = np.cov(feats, rowvar=False) + 1e-4 * np.eye(feats.shape[1])
+    return rng.multivariate_normal(mean, cov, size=n, method="cholesky").astype(np.float32)
+
+
+def split_heldout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Train rows and held-out rows: whole identities are held out (at least 2)."""
+    ids = np.unique(labels)
+    rng = np.random.default_rng(seed)
+    n_out = max(2, int(round(fraction * len(ids))))
+    held = rng.choice(ids, size=min(n_out, len(ids) - 1), replace=False)
+    mask = np.isin(labels, held)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)
+
+
+def train_vec2face(
+    packed_root: str | Path,
+    features: np.ndarray,
+    teacher: nn.Module,
+    judge: nn.Module,
+    out_dir: str | Path,
+    grids_dir: str | Path,
+    config: Vec2FaceTrainConfig,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[dict, int], None] | None = None,
+) -> dict:
+    """Train G on (packed image, teacher feature) pairs; writes `<out_dir>/model.pt` (EMA weights),
+    per-epoch sample grids in `grids_dir`, and returns the report (see evaluate_generator)."""
+    cfg = config
+    device = resolve_device(device)
+    packed = PackedImages(Path(packed_root))
+    features = np.asarray(features, dtype=np.float32)
+    if len(features) != len(packed):
+        raise ValueError(f"{len(features)} features for {len(packed)} packed images")
+    torch.manual_seed(cfg.seed)
+    gen = build_generator(cfg, features.shape[1], packed.image_size).to(device)
+    ema = copy.deepcopy(gen).eval().requires_grad_(False)
+    disc = build_discriminator(cfg.discriminator_preset, num_scales=cfg.discriminator_scales)
+    disc = disc.to(device)
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    judge = judge.to(device).eval().requires_grad_(False)
+
+    train_rows, held_rows = split_heldout(packed.labels, cfg.heldout_identities, cfg.seed)
+    ds = PackedTargetDataset(packed, features)
+    ds.indices = train_rows
+    loader = make_loader(
+        ds, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, device=device
+    )
+    steps_per_epoch = len(loader)
+    opt_g = torch.optim.AdamW(
+        gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=cfg.betas, weight_decay=0.0)
+    sched = build_scheduler(
+        opt_g,
+        "cosine",
+        total_steps=steps_per_epoch * cfg.epochs,
+        warmup_steps=int(math.ceil(cfg.warmup_epochs * steps_per_epoch)),
+    )
+    state = TrainState.create(
+        {"gen": gen, "disc": disc, "ema": ema},
+        {"gen": opt_g, "disc": opt_d},
+        {"gen": sched},
+        device=device,
+        precision=cfg.precision,
+        grad_clip=cfg.grad_clip,
+    )
+    w = cfg.weights
+
+    def step_fn(batch, st: TrainState) -> dict:
+        images, feats = batch
+        x = _normalise(images, st.device)
+        f = feats.to(st.device)
+        G, D = st.models["gen"], st.models["disc"]
+        gan_on = st.epoch >= cfg.gan_start_epoch and w.gan > 0
+        metrics = {}
+        with st.autocast():
+            out = G(f, masking="train")
+        fake = out["image"]
+        if gan_on:
+            with st.autocast():
+                d_loss = discriminator_loss(D(x), D(fake.detach()), cfg.gan_kind)
+            st.backward_and_step(d_loss, "disc")
+            metrics["d_loss"] = d_loss.detach()
+        with frozen(D), st.autocast():
+            emb_fake, maps_fake = teacher.forward_features(fake, return_maps=True)
+            with torch.no_grad():
+                _, maps_real = teacher.forward_features(x, return_maps=True)
+            l_pix = F.mse_loss(fake.float(), x)
+            l_id = (1 - F.cosine_similarity(emb_fake.float(), f, dim=1, eps=1e-6)).mean()
+            l_perc = _perceptual(maps_fake, maps_real)
+            l_ssim = 1 - _ssim(fake, x)
+            l_tok = F.mse_loss(out["tokens_pred"].float(), out["tokens_target"].float())
+            loss = (
+                w.pixel * l_pix
+                + w.identity * l_id
+                + w.perceptual * l_perc
+                + w.ssim * l_ssim
+                + w.tokens * l_tok
+            )
+            if gan_on:
+                l_adv = generator_adversarial_loss(D(fake), cfg.gan_kind)
+                loss = loss + w.gan * l_adv
+                metrics["g_adv"] = l_adv.detach()
+        st.backward_and_step(loss, "gen")
+        _ema_update(st.models["ema"], G, cfg.ema_decay)
+        return {
+            "loss": loss.detach(),
+            "pixel": l_pix.detach(),
+            "identity": l_id.detach(),
+            "perceptual": l_perc.detach(),
+            "ssim": l_ssim.detach(),
+            "tokens": l_tok.detach(),
+            **metrics,
+        }
+
+    held = held_rows[: cfg.eval_images]
+    held_images, held_labels = packed.get_batch(held)
+    held_feats = features[held]
+    grid_rows = held[np.unique(packed.labels[held], return_index=True)[1]][: cfg.grid_identities]
+    grid_real, _ = packed.get_batch(grid_rows)
+    new_vectors = gaussian_vectors(features[train_rows], len(grid_rows), cfg.seed)
+    grids_dir = Path(grids_dir)
+    grids_dir.mkdir(parents=True, exist_ok=True)
+
+    def epoch_end(st: TrainState, _metrics: dict) -> dict:
+        g = st.models["ema"]
+        grid = sample_grid(g, grid_real, features[grid_rows], new_vectors, st.device, cfg.seed)
+        Image.fromarray(grid).save(grids_dir / f"epoch_{st.epoch + 1:03d}.png")
+        f_small = held_feats[:64]
+        fake = generate_batched(g, f_small, st.device, seed=cfg.seed)
+        cos = _cos(_embed(teacher, fake, st.device), f_small)
+        return {"heldout_identity_cos": float(cos.mean())}
+
+    fit(
+        step_fn,
+        state,
+        loader,
+        cfg.epochs,
+        checkpoint_dir=Path(out_dir) / "train_state",
+        log=log,
+        epoch_end_fn=epoch_end,
+        progress=progress,
+        desc="train vec2face",
+        config={**cfg.model_dump(), "data": {"images": len(packed), "dim": int(features.shape[1])}},
+    )
+    ema = state.models["ema"]
+    report = evaluate_generator(
+        ema, teacher, judge, held_images, held_feats, held_labels, state.device, seed=cfg.seed
+    )
+    final_grid = sample_grid(
+        ema, grid_real, features[grid_rows], new_vectors, state.device, cfg.seed
+    )
+    Image.fromarray(final_grid).save(grids_dir / "final.png")
+    save_checkpoint(
+        Path(out_dir) / "model.pt",
+        arch="vec2face",
+        config=dict(ema.config.model_dump()),
+        state_dict={k: v.detach().cpu() for k, v in ema.state_dict().items()},
+        meta={
+            "feat_dim": int(features.shape[1]),
+            "image_size": packed.image_size,
+            "feature_mean": features.mean(0).tolist(),
+            "feature_std": features.std(0).tolist(),
+            "report": report,
+        },
+    )
+    return {
+        "checkpoint": str(Path(out_dir) / "model.pt"),
+        "grid": str(grids_dir / "final.png"),
+        **report,
+    }
+
+
+def load_vec2face(path: str | Path, device: torch.device | str = "cpu") -> Vec2Face:
+    """The trained generator (EMA weights) in eval mode."""
+    ckpt = load_checkpoint(path)
+    if ckpt.get("arch") != "vec2face":
+        raise ValueError(f"{path}: expected a vec2face checkpoint, got arch {ckpt.get('arch')!r}")
+    gen = Vec2Face(**ckpt["config"])
+    gen.load_state_dict(ckpt["state_dict"], strict=True)
+    return gen.to(device).eval()
