@@ -28,6 +28,7 @@ def project_copy(tmp_path: Path) -> Path:
     dst = tmp_path / "project"
     dst.mkdir()
     shutil.copy(REPO / "pyproject.toml", dst / "pyproject.toml")
+    (dst / "src").mkdir()  # the package itself comes from the installed (editable) project
     shutil.copytree(REPO / "conf", dst / "conf", ignore=shutil.ignore_patterns("local"))
     (dst / "conf" / "local").mkdir(exist_ok=True)
     for layer in sorted((REPO / "data").iterdir()):

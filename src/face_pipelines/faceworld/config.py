@@ -77,7 +77,7 @@ class NuisanceConfig(_Strict):
         16.0, ge=0.0, description="Std of the near-frontal core of the yaw distribution (deg)."
     )
     yaw_tail_fraction: float = Field(
-        0.12,
+        0.15,
         ge=0.0,
         le=1.0,
         description="Fraction of images whose yaw is drawn uniformly over +-yaw_max_deg (the "
@@ -94,7 +94,7 @@ class NuisanceConfig(_Strict):
         "surprise, frown.",
     )
     age_spread_years: float = Field(
-        7.0, ge=0.0, description="Std of an image's age around its identity's base age (years)."
+        10.0, ge=0.0, description="Std of an image's age around its identity's base age (years)."
     )
     light_azimuth_max_deg: float = Field(
         80.0, ge=0.0, le=180.0, description="Key light azimuth drawn in +-this (0 = frontal)."

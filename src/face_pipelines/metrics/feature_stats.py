@@ -16,6 +16,35 @@ from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.metrics.separability import as_matrix
 
 DEFAULT_RIDGE = 1e-6
+_CHUNK_ROWS = 65536
+
+
+def _feature_matrix(x, name: str) -> np.ndarray:
+    """Validated [N, D] array: float64 if given so, else float32 (no float64 copy of a big set)."""
+    is_double = (
+        x.dtype == torch.float64
+        if isinstance(x, torch.Tensor)
+        else (np.asarray(x).dtype == np.float64)
+    )
+    dtype = torch.float64 if is_double else torch.float32
+    return as_matrix(x, name, dtype).numpy()
+
+
+def _moments(x: np.ndarray, full_cov: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and covariance (ddof=1; only its diagonal unless `full_cov`) in float64, in row chunks.
+
+    Two passes (mean, then centred sums) keep float64 accuracy without a float64 copy of `x`.
+    """
+    n, d = x.shape
+    total = np.zeros(d)
+    for a in range(0, n, _CHUNK_ROWS):
+        total += x[a : a + _CHUNK_ROWS].sum(axis=0, dtype=np.float64)
+    mean = total / n
+    second = np.zeros((d, d)) if full_cov else np.zeros(d)
+    for a in range(0, n, _CHUNK_ROWS):
+        centred = x[a : a + _CHUNK_ROWS].astype(np.float64) - mean
+        second += centred.T @ centred if full_cov else (centred**2).sum(axis=0)
+    return mean, second / max(n - 1, 1)
 
 
 def frechet_distance(feats_a, feats_b, ridge: float = DEFAULT_RIDGE) -> float:
@@ -38,8 +67,8 @@ def frechet_distance(feats_a, feats_b, ridge: float = DEFAULT_RIDGE) -> float:
         DataError: fewer than 2 rows, different D, or non-finite values.
         ParameterError: negative ridge.
     """
-    a = as_matrix(feats_a, "feats_a", torch.float64).numpy()
-    b = as_matrix(feats_b, "feats_b", torch.float64).numpy()
+    a = _feature_matrix(feats_a, "feats_a")
+    b = _feature_matrix(feats_b, "feats_b")
     if a.shape[1] != b.shape[1]:
         raise DataError(
             f"feats_a has D={a.shape[1]} but feats_b has D={b.shape[1]}; expected features of the "
@@ -52,14 +81,14 @@ def frechet_distance(feats_a, feats_b, ridge: float = DEFAULT_RIDGE) -> float:
             )
     if ridge < 0:
         raise ParameterError(f"ridge: expected a non-negative value, got {ridge}")
-    cov_a = np.cov(a, rowvar=False).reshape(a.shape[1], a.shape[1])
-    cov_b = np.cov(b, rowvar=False).reshape(b.shape[1], b.shape[1])
+    mu_a, cov_a = _moments(a, full_cov=True)
+    mu_b, cov_b = _moments(b, full_cov=True)
     if ridge > 0:
         scale = (np.trace(cov_a) + np.trace(cov_b)) / (2 * a.shape[1])
         eps = ridge * (scale if scale > 0 else 1.0)
         cov_a = cov_a + eps * np.eye(a.shape[1])
         cov_b = cov_b + eps * np.eye(b.shape[1])
-    return frechet_distance_from_stats(a.mean(axis=0), cov_a, b.mean(axis=0), cov_b)
+    return frechet_distance_from_stats(mu_a, cov_a, mu_b, cov_b)
 
 
 def frechet_distance_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
@@ -97,19 +126,24 @@ def feature_statistics(features) -> dict[str, float]:
     Returns plain floats (JSON-ready):
         n, dim; norm_mean, norm_std, norm_min, norm_max (L2 norms of the rows);
         dim_mean_mean, dim_mean_abs_max (over the per-dimension means);
-        dim_std_mean, dim_std_min, dim_std_max (over the per-dimension stds, ddof=1 where N >= 2);
+        dim_std_mean, dim_std_min, dim_std_max (over the per-dimension stds, ddof=1; 0 for N = 1);
         mean_vector_norm (|mean feature|) and mean_over_std_norm (|mean| / |per-dim std vector|:
         how far the set sits from the origin relative to its spread).
 
     Raises:
         DataError: no rows, not 2-D, or non-finite values.
     """
-    x = as_matrix(features, "features", torch.float64).numpy()
+    x = _feature_matrix(features, "features")
     if x.shape[0] == 0:
         raise DataError("features: expected at least one row, got 0")
-    norms = np.linalg.norm(x, axis=1)
-    means = x.mean(axis=0)
-    stds = x.std(axis=0, ddof=1 if x.shape[0] >= 2 else 0)
+    norms = np.concatenate(
+        [
+            np.linalg.norm(x[a : a + _CHUNK_ROWS].astype(np.float64), axis=1)
+            for a in range(0, len(x), _CHUNK_ROWS)
+        ]
+    )
+    means, variances = _moments(x, full_cov=False)
+    stds = np.sqrt(variances)
     std_norm = float(np.linalg.norm(stds))
     return {
         "n": float(x.shape[0]),

@@ -72,12 +72,17 @@ def ieee_fp32_matmul(device: torch.device) -> Iterator[None]:
         yield
         return
     matmul = torch.backends.cuda.matmul
-    previous = matmul.fp32_precision
-    matmul.fp32_precision = "ieee"
+    try:
+        previous, attribute = matmul.fp32_precision, "fp32_precision"
+        matmul.fp32_precision = "ieee"
+    except RuntimeError:
+        # torch refuses to mix its new and legacy TF32 switches once the legacy one was used.
+        previous, attribute = matmul.allow_tf32, "allow_tf32"
+        matmul.allow_tf32 = False
     try:
         yield
     finally:
-        matmul.fp32_precision = previous
+        setattr(matmul, attribute, previous)
 
 
 def _check_block_size(block_size: int) -> int:
