@@ -13,7 +13,11 @@
 Target: the recognizer lands between 85% and 98% on every protocol, and the mean-colour classifier
 stays far below it. Results go to benchmarks/results/faceworld_calibration.json.
 
+Accuracy follows the number of training samples, so on a shared (busy) CPU the wall-clock budget
+buys fewer samples than on an idle laptop: the JSON records samples_seen; --max-samples caps it.
+
     python benchmarks/calibrate_faceworld.py [--root data/01_raw/faceworld] [--minutes 4]
+        [--threads 2] [--max-samples 0]
 """
 
 from __future__ import annotations

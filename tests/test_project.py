@@ -74,7 +74,7 @@ def test_malformed_parameters_file_names_the_file(project_copy):
 
 def test_unknown_parameter_names_file_and_key(project_copy):
     f = project_copy / "conf" / "base" / "parameters_subset.yml"
-    f.write_text(f.read_text().replace("n_ids:", "n_idz: 3\n  n_ids:"))
+    f.write_text(f.read_text().replace("n_ids:", "n_idz: 3\n  n_ids:", 1))
     params = _loader(project_copy / "conf", "local")["parameters"]
     with pytest.raises(ParameterError) as exc:
         validate_all(params, conf_dirs=[project_copy / "conf" / "base"])

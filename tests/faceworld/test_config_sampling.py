@@ -103,3 +103,14 @@ def test_train_pool_images_per_identity_are_long_tailed():
     assert 12 <= np.median(c) <= 18
     assert c.mean() > np.median(c)  # right-skewed
     assert len(plan.image_identity) == c.sum()
+
+
+def test_partial_yaml_override_keeps_each_pools_defaults():
+    cfg = load_faceworld_config(
+        {"pretrain": {"n_ids": 8}, "train": {"nuisances": {"hat_prob": 0.2}}}
+    )
+    assert cfg.pretrain.n_ids == 8
+    assert cfg.pretrain.images_per_identity.min == cfg.pretrain.images_per_identity.max == 32
+    assert cfg.train.n_ids == FaceWorldConfig().train.n_ids
+    assert cfg.train.nuisances.hat_prob == 0.2
+    assert cfg.train.nuisances.yaw_max_deg == NuisanceConfig().yaw_max_deg

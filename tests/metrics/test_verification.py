@@ -15,6 +15,15 @@ from face_pipelines.metrics.verification import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors run faster on one thread, and a shared CPU stalls two-thread OpenMP loops."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def reference_accuracy(emb_a, emb_b, issame, n_folds=10):
     """Loops over folds and thresholds exactly as the protocol reads (slow, obviously right)."""
     a = emb_a / np.linalg.norm(emb_a, axis=1, keepdims=True)

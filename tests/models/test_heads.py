@@ -20,6 +20,15 @@ from face_pipelines.models.heads import (
 )
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Small tensors run faster on one thread, and a shared CPU stalls two-thread OpenMP loops."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _planar_head(head_cls, angles, **kwargs):
     """Head in 2-D whose class centres sit at the given angles (radians)."""
     head = head_cls(2, len(angles), **kwargs)
@@ -172,12 +181,17 @@ def test_head_input_errors():
 
 WORLD, DIM, CLASSES = 2, 6, 7  # 7 classes -> shards of 4 and 3
 BATCHES = (3, 5)  # different local batch sizes
+CASES = (
+    ("arcface", ArcFaceHead, "replicated"),
+    ("magface", MagFaceHead, "replicated"),
+    ("magface", MagFaceHead, "local"),
+)
 
 
 def _shared_data():
     g = torch.Generator().manual_seed(123)
     weight = torch.randn(CLASSES, DIM, generator=g)
-    emb = torch.randn(sum(BATCHES), DIM, generator=g)
+    emb = 25.0 * torch.randn(sum(BATCHES), DIM, generator=g)  # norms inside MagFace [l_a, u_a]
     labels = torch.tensor([0, 6, 3, 4, 4, 1, 5, 6])
     return weight, emb, labels
 
@@ -188,14 +202,17 @@ def _sharded_worker(rank: int, init_file: str, out_dir: str) -> None:
     try:
         weight, emb, labels = _shared_data()
         results = {}
-        for name, cls in (("arcface", ArcFaceHead), ("magface", MagFaceHead)):
+        for name, cls, objective in CASES:
             head = cls(DIM, CLASSES, s=16.0)  # sharding auto-detected
             head.load_full_weight(weight)
             start = sum(BATCHES[:rank])
             local = emb[start : start + BATCHES[rank]].clone().requires_grad_()
             out = head(local, labels[start : start + BATCHES[rank]])
-            out["loss"].backward()
-            results[name] = {
+            if objective == "replicated":
+                out["loss"].backward()
+            else:  # each rank backpropagates the mean loss of its own samples
+                out["per_sample_loss"][out["local_slice"]].mean().backward()
+            results[name + objective] = {
                 "loss": out["loss"].detach(),
                 "per_sample": out["per_sample_loss"].detach(),
                 "p_gt": out["p_gt"],
@@ -227,16 +244,23 @@ def test_sharded_head_two_gloo_processes_match_single_process(tmp_path):
     )
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     weight, emb, labels = _shared_data()
-    for name, cls in (("arcface", ArcFaceHead), ("magface", MagFaceHead)):
+    starts = [0, BATCHES[0]]
+    for name, cls, objective in CASES:
         head = cls(DIM, CLASSES, s=16.0)
         with torch.no_grad():
             head.weight.copy_(weight)
         full_emb = emb.clone().requires_grad_()
         out = head(full_emb, labels)
-        out["loss"].backward()
-        starts = [0, BATCHES[0]]
+        if objective == "replicated":
+            out["loss"].backward()
+        else:  # the mean over ranks of each rank's local mean
+            per_rank = [
+                out["per_sample_loss"][s : s + b].mean()
+                for s, b in zip(starts, BATCHES, strict=True)
+            ]
+            torch.stack(per_rank).mean().backward()
         for r, res in enumerate(ranks):
-            got = res[name]
+            got = res[name + objective]
             assert got["sharded"] and torch.equal(got["full_weight"], weight)
             torch.testing.assert_close(got["loss"], out["loss"].detach())  # same on every rank
             torch.testing.assert_close(got["per_sample"], out["per_sample_loss"].detach())

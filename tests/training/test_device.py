@@ -65,7 +65,7 @@ def test_cuda_policy_and_channels_last():
 
 def test_helpers_on_cpu():
     conv = nn.Conv2d(3, 4, 3)
-    assert maybe_channels_last(conv, "cpu").weight.is_contiguous()
+    assert maybe_channels_last(conv, "cpu").weight.is_contiguous(memory_format=torch.channels_last)
     assert maybe_compile(conv, False) is conv
     assert unwrap_model(nn.DataParallel(conv)) is conv
     seed_everything(5)

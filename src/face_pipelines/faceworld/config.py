@@ -21,6 +21,7 @@ __all__ = [
     "ImagesPerIdentityConfig",
     "NuisanceConfig",
     "PoolConfig",
+    "PretrainPoolConfig",
     "EvalConfig",
     "RandomPairsProtocol",
     "PoseProtocol",
@@ -77,7 +78,7 @@ class NuisanceConfig(_Strict):
         16.0, ge=0.0, description="Std of the near-frontal core of the yaw distribution (deg)."
     )
     yaw_tail_fraction: float = Field(
-        0.15,
+        0.2,
         ge=0.0,
         le=1.0,
         description="Fraction of images whose yaw is drawn uniformly over +-yaw_max_deg (the "
@@ -94,7 +95,7 @@ class NuisanceConfig(_Strict):
         "surprise, frown.",
     )
     age_spread_years: float = Field(
-        10.0, ge=0.0, description="Std of an image's age around its identity's base age (years)."
+        12.0, ge=0.0, description="Std of an image's age around its identity's base age (years)."
     )
     light_azimuth_max_deg: float = Field(
         80.0, ge=0.0, le=180.0, description="Key light azimuth drawn in +-this (0 = frontal)."
@@ -196,14 +197,28 @@ class ImagesPerIdentityConfig(_Strict):
 
 
 class PoolConfig(_Strict):
-    """One identity pool written as identity folders (pretrain or train)."""
+    """One identity pool written as identity folders (the `train` pool's defaults)."""
 
-    n_ids: int = Field(..., ge=1, le=1_000_000, description="Number of identities in the pool.")
+    n_ids: int = Field(1000, ge=1, le=1_000_000, description="Number of identities in the pool.")
     images_per_identity: ImagesPerIdentityConfig = Field(
         default_factory=ImagesPerIdentityConfig, description="Images per identity distribution."
     )
     nuisances: NuisanceConfig = Field(
         default_factory=NuisanceConfig, description="Per-image nuisance distributions."
+    )
+
+
+class PretrainPoolConfig(PoolConfig):
+    """The teacher's pool: like `train`, but a fixed number of images per identity.
+
+    Its own defaults (rather than a default instance) keep them when a YAML file overrides only
+    some keys, e.g. `pretrain: {n_ids: 800}`.
+    """
+
+    n_ids: int = Field(400, ge=1, le=1_000_000, description="Number of identities in the pool.")
+    images_per_identity: ImagesPerIdentityConfig = Field(
+        default_factory=lambda: ImagesPerIdentityConfig(min=32, max=32, median=32, log_std=0.0),
+        description="Images per identity distribution (default: exactly 32).",
     )
 
 
@@ -301,16 +316,11 @@ class FaceWorldConfig(_Strict):
     identity: IdentityConfig = Field(
         default_factory=IdentityConfig, description="Identity population."
     )
-    pretrain: PoolConfig = Field(
-        default_factory=lambda: PoolConfig(
-            n_ids=400,
-            images_per_identity=ImagesPerIdentityConfig(min=32, max=32, median=32, log_std=0.0),
-            nuisances=NuisanceConfig(yaw_tail_fraction=0.2),
-        ),
-        description="Identities for the teacher recognizer.",
+    pretrain: PretrainPoolConfig = Field(
+        default_factory=PretrainPoolConfig, description="Identities for the teacher recognizer."
     )
     train: PoolConfig = Field(
-        default_factory=lambda: PoolConfig(n_ids=1000),
+        default_factory=PoolConfig,
         description="The 'real' training set the subset pipeline samples from (long-tailed).",
     )
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Benchmark identities.")

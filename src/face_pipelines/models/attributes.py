@@ -27,11 +27,9 @@ class PoseRegressor(nn.Module):
         self.input_size = int(input_size)
         layers, in_ch = [], 3
         for w in widths:
+            # One strided conv per stage: pose is a coarse, global property of the face.
             layers += [
                 nn.Conv2d(in_ch, int(w), 3, stride=2, padding=1, bias=False),
-                nn.BatchNorm2d(int(w)),
-                nn.SiLU(inplace=True),
-                nn.Conv2d(int(w), int(w), 3, padding=1, bias=False),
                 nn.BatchNorm2d(int(w)),
                 nn.SiLU(inplace=True),
             ]

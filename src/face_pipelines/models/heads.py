@@ -13,12 +13,15 @@ the per-sample max and sum, so no rank ever materialises [N, C] logits.
 Outputs (a dict) are over the *global* batch: with one process that is just the batch [B]; when sharded
 it is every rank's samples concatenated in rank order [N], identical on every rank, and
 `out["local_slice"]` selects this rank's samples. `loss` is the mean over that global batch, so it has
-the same value on every rank and equals the single-process loss on the concatenated batch. Gradients:
-class centres receive exactly d(loss)/d(weight); the gather multiplies the gradient of the local
+the same value on every rank and equals the single-process loss on the concatenated batch.
+
+Gradients when sharded are those of J = the mean over ranks of the loss each rank backpropagates:
+`out["loss"]` (same on every rank, J = loss), a weighted `(w * out["per_sample_loss"]).mean()` with
+`w` computed from these global outputs, or a rank's own `per_sample_loss[local_slice].mean()` all
+work. Class centres receive exactly dJ/d(weight); the gather multiplies the gradient of the local
 embeddings by the world size so that a DDP-wrapped backbone (DDP averages over ranks) receives exactly
-the gradient of the global mean loss. Do not wrap a sharded head in DDP; each rank owns its shard.
-A per-sample weighted loss `(w * out["per_sample_loss"]).mean()` is valid when sharded as long as `w`
-is computed from these global outputs (so it is the same on every rank).
+dJ/d(backbone). Do not wrap a sharded head in DDP: each rank owns its shard (use `full_weight` /
+`load_full_weight` for checkpoints).
 """
 
 from __future__ import annotations
@@ -37,13 +40,26 @@ from face_pipelines.errors import DataError, ParameterError
 # ---------------------------------------------------------------------------------------------
 
 
+_NO_GROUP = object()  # marker: single process, collectives are identities
+
+
 def _all_reduce(tensor: torch.Tensor, op, group) -> torch.Tensor:
     if group is not _NO_GROUP:
         dist.all_reduce(tensor, op=op, group=group)
     return tensor
 
 
-_NO_GROUP = object()  # marker: single process, collectives are identities
+class _ScaleGrad(torch.autograd.Function):
+    """Identity whose backward scales the gradient (for terms every rank computes redundantly)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, scale: float) -> torch.Tensor:
+        ctx.scale = scale
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return grad * ctx.scale, None
 
 
 class _GatherWithGrad(torch.autograd.Function):
@@ -86,8 +102,8 @@ class _ShardedSoftmaxCrossEntropy(torch.autograd.Function):
 
     Forward: logits [N, K_local] and the local column of each sample's true class (-1 if the true class
     lives on another rank). Returns per-sample loss [N], p_gt [N] and entropy [N], identical on every
-    rank. Backward needs no communication: d loss_i / d z_ic = p_ic - [c == y_i] for local columns,
-    assuming (as for a replicated loss) the upstream gradient is the same on every rank.
+    rank. Backward: d loss_i / d z_ic = p_ic - [c == y_i] for the local columns, times the upstream
+    gradient averaged over ranks - so the objective is the mean over ranks of each rank's loss.
     """
 
     @staticmethod
@@ -114,12 +130,17 @@ class _ShardedSoftmaxCrossEntropy(torch.autograd.Function):
         p_gt = torch.exp(target_logit - log_z)
         entropy = log_z - weighted_logit / sum_exp
         ctx.save_for_backward(exp / sum_exp[:, None], local_target)
+        ctx.group = group
         ctx.mark_non_differentiable(p_gt, entropy)
         return per_sample, p_gt, entropy
 
     @staticmethod
     def backward(ctx, grad_loss, _grad_p, _grad_h):
         probs, local_target = ctx.saved_tensors
+        if ctx.group is not _NO_GROUP:
+            grad_loss = grad_loss.contiguous().clone()
+            dist.all_reduce(grad_loss, op=dist.ReduceOp.SUM, group=ctx.group)
+            grad_loss /= dist.get_world_size(ctx.group)
         grad = probs.clone()
         rows = torch.nonzero(local_target >= 0).squeeze(1)
         grad[rows, local_target[rows]] -= 1.0
@@ -302,7 +323,9 @@ class MarginHead(nn.Module):
             cosine = cosine.index_put((rows, cols), margin_cos)
             logits = cosine * self.s
             ce, p_gt, entropy = _ShardedSoftmaxCrossEntropy.apply(logits, local_target, group)
-            per_sample = ce + self.regulariser(norms)
+            # Every rank computes the norm term of every sample: count its gradient once in total.
+            reg_norms = _ScaleGrad.apply(norms, 1.0 / self.world_size) if self.sharded else norms
+            per_sample = ce + self.regulariser(reg_norms)
         return {
             "loss": per_sample.mean(),
             "per_sample_loss": per_sample,

@@ -32,12 +32,17 @@ _SHOW = 5  # keys listed per category in an error message
 def build_backbone(arch: str, **kwargs) -> nn.Module:
     """Build a backbone by name: 'small' or 'iresnet18/34/50/100'.
 
-    kwargs go to the constructor: `input_size` (pixels), `dropout`, and the embedding size
-    (`num_features` for IResNet, `embedding_dim` for 'small'). The model gets an `arch` attribute
-    so checkpoints can record and check it.
+    kwargs go to the constructor: `num_features` (embedding size; `embedding_dim` is accepted as
+    an alias), `input_size` (pixels), `dropout`, and for 'small' `widths`, `blocks`, `stem_width`.
+    Every model has `num_features`, `input_size` and an `arch` attribute (checkpoints record and
+    check it).
     """
     if arch not in BACKBONES:
         raise ParameterError(f"unknown backbone arch {arch!r}; expected one of {sorted(BACKBONES)}")
+    if "embedding_dim" in kwargs:
+        if "num_features" in kwargs:
+            raise ParameterError("give either num_features or embedding_dim, not both")
+        kwargs["num_features"] = kwargs.pop("embedding_dim")
     try:
         model = BACKBONES[arch](**kwargs)
     except TypeError as exc:

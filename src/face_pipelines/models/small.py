@@ -1,4 +1,4 @@
-"""A small, fast residual face recognizer for the CPU default (64 px, ~1.5M parameters, ~15M MACs).
+"""A small, fast residual face recognizer for the CPU default (64 px, ~0.9M parameters, ~9M MACs).
 
 Same ingredients and head as IResNet (BN/PReLU residual blocks; BN2d -> flatten -> dropout -> Linear
 -> BatchNorm1d with frozen weight) at a fraction of the cost: a stride-2 stem and four stages that
@@ -42,10 +42,10 @@ class SmallBlock(nn.Module):
 
 
 class SmallFaceNet(nn.Module):
-    """Four-stage residual CNN producing a raw `embedding_dim`-d embedding.
+    """Four-stage residual CNN producing a raw `num_features`-d embedding.
 
     Args:
-        embedding_dim: embedding dimension (default 256).
+        num_features: embedding dimension (default 256).
         input_size: input side in pixels (default 64); sets the FC input size.
         widths: channels of the four stages.
         blocks: residual blocks per stage (the first of each stage has stride 2).
@@ -55,9 +55,9 @@ class SmallFaceNet(nn.Module):
 
     def __init__(
         self,
-        embedding_dim: int = 256,
+        num_features: int = 256,
         input_size: int = 64,
-        widths: tuple[int, int, int, int] | list[int] = (32, 64, 128, 256),
+        widths: tuple[int, int, int, int] | list[int] = (24, 48, 96, 192),
         blocks: tuple[int, int, int, int] | list[int] = (1, 1, 1, 1),
         stem_width: int = 16,
         dropout: float = 0.0,
@@ -71,12 +71,12 @@ class SmallFaceNet(nn.Module):
             raise ParameterError(
                 f"SmallFaceNet widths/blocks must be positive: {widths!r}, {blocks!r}"
             )
-        if embedding_dim < 1:
-            raise ParameterError(f"SmallFaceNet embedding_dim must be >= 1, got {embedding_dim}")
+        if num_features < 1:
+            raise ParameterError(f"SmallFaceNet num_features must be >= 1, got {num_features}")
         if input_size < 32:
             raise ParameterError(f"SmallFaceNet input_size must be >= 32 pixels, got {input_size}")
         self.input_size = int(input_size)
-        self.num_features = int(embedding_dim)
+        self.num_features = int(num_features)
         self.map_size = final_map_size(self.input_size, num_stride2=5)
 
         self.conv1 = nn.Conv2d(3, stem_width, 3, stride=2, padding=1, bias=False)
@@ -92,8 +92,8 @@ class SmallFaceNet(nn.Module):
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.bn2 = nn.BatchNorm2d(in_ch)
         self.dropout = nn.Dropout(p=dropout)
-        self.fc = nn.Linear(in_ch * self.map_size * self.map_size, embedding_dim)
-        self.features = nn.BatchNorm1d(embedding_dim)
+        self.fc = nn.Linear(in_ch * self.map_size * self.map_size, num_features)
+        self.features = nn.BatchNorm1d(num_features)
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -111,7 +111,7 @@ class SmallFaceNet(nn.Module):
     ) -> torch.Tensor | tuple[torch.Tensor, list[torch.Tensor]]:
         """Embed a [B, 3, H, W] batch normalised as (x/255 - 0.5)/0.5.
 
-        Returns the raw embedding [B, embedding_dim]; with `return_maps=True` returns
+        Returns the raw embedding [B, num_features]; with `return_maps=True` returns
         `(embedding, [layer1, layer2, layer3, layer4 output maps])` (strides 4, 8, 16, 32).
         """
         x = self.prelu(self.bn1(self.conv1(x)))
@@ -126,5 +126,5 @@ class SmallFaceNet(nn.Module):
         return embedding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return the raw embedding [B, embedding_dim] of a [B, 3, H, W] batch."""
+        """Return the raw embedding [B, num_features] of a [B, 3, H, W] batch."""
         return self.forward_features(x, return_maps=False)

@@ -14,7 +14,7 @@ from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.models.attributes import POSE_SCALE_DEG, PoseRegressor
 from face_pipelines.training.data import PackedTargetDataset, make_loader
-from face_pipelines.training.device import resolve_device
+from face_pipelines.training.device import maybe_channels_last, resolve_device
 from face_pipelines.training.engine import TrainState, fit
 from face_pipelines.training.schedule import build_scheduler
 
@@ -23,7 +23,7 @@ class PoseConfig(BaseModel):
     """Recipe of the head-pose regressor."""
 
     model_config = ConfigDict(extra="forbid")
-    widths: list[int] = Field([24, 48, 96, 128], description="channels of the conv stages")
+    widths: list[int] = Field([16, 32, 64, 128], description="channels of the conv stages")
     epochs: int = Field(6, gt=0, description="training epochs")
     batch_size: int = Field(128, gt=0, description="batch size")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (cosine decay)")
@@ -58,10 +58,12 @@ def train_pose_regressor(
     sched = build_scheduler(opt, "cosine", total_steps=total, warmup_steps=max(1, total // 20))
     state = TrainState.create(model, opt, sched, device=device, grad_clip=5.0)
     model.to(state.device)
+    maybe_channels_last(model, state.device)
 
     def step_fn(batch, st: TrainState) -> dict:
         images, target = batch
         x = images.to(st.device).float().div_(255.0).sub_(0.5).div_(0.5)
+        x = x.contiguous(memory_format=torch.channels_last)
         target = target.to(st.device)
         with st.autocast():
             pred = st.model(x).float()

@@ -94,7 +94,7 @@ class RecognizerConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CUDA (fp16 where bf16 is missing), fp32 on CPU"
     )
-    channels_last: bool = Field(True, description="channels_last memory format on CUDA")
+    channels_last: bool = Field(True, description="channels_last memory format (CUDA and CPU)")
     compile: bool = Field(False, description="torch.compile the backbone (CUDA)")
     devices: int = Field(1, ge=1, description="processes/GPUs; > 1 launches torchrun-style DDP")
     num_workers: int = Field(2, ge=0, description="data-loader workers per process")
@@ -111,8 +111,11 @@ class RecognizerConfig(BaseModel):
         return self.topofr.base if self.method == "topofr" else self.method
 
     def backbone_args(self, image_size: int) -> dict:
-        key = "embedding_dim" if self.arch == "small" else "num_features"
-        return {key: self.embedding_dim, "input_size": image_size, **self.backbone_kwargs}
+        return {
+            "num_features": self.embedding_dim,
+            "input_size": image_size,
+            **self.backbone_kwargs,
+        }
 
 
 class RecognizerNet(nn.Module):
@@ -245,7 +248,7 @@ def _train_worker(
         grad_clip=cfg.grad_clip,
         grad_accum_steps=cfg.grad_accum_steps,
     )
-    cl = cfg.channels_last and state.device.type == "cuda"
+    cl = cfg.channels_last and state.device.type in ("cuda", "cpu")
     net.to(state.device)
     maybe_channels_last(net, state.device) if cl else None
     if cfg.compile:

@@ -3,6 +3,7 @@ measure it against the real subset in a dataset card."""
 
 from __future__ import annotations
 
+import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -11,6 +12,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.images import decode_image
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.params import validate_section
@@ -116,10 +118,17 @@ def make_dataset_card(
     subset_packed_dir: Path,
     teacher_summary: dict,
     pose_summary: dict,
+    sample: dict,
+    render: dict,
+    vec2face: dict,
     teacher: dict,
     common: dict,
 ):
-    """Re-extract teacher features and pose from the rendered pixels and compare with real."""
+    """Re-extract teacher features and pose from the rendered pixels and compare with real.
+
+    The card is also written into the dataset root (dataset_card.json) so a dataset folder - or a
+    DVC revision of it - carries its own card for `face-pipelines diff`.
+    """
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
     device = resolve_device(com.device)
@@ -154,6 +163,8 @@ def make_dataset_card(
         on_disk,
         device=str(device),
     )
+    card["parameters"] = {"sample": sample, "render": render, "vec2face": vec2face}
+    write_text_atomic(root / "dataset_card.json", json.dumps(card, indent=2))
     summary = card_summary(card)
     log.info("\n%s", summary)
     metrics = flat_metrics(

@@ -1,0 +1,103 @@
+"""`face-pipelines compare` / `compare_runs` on the MLflow runs of the tiny project."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from face_pipelines.commands import main
+from face_pipelines.errors import DataError, MissingInputError, ParameterError
+from face_pipelines.reporting.run_compare import compare_runs
+
+TOPOFR = "params.recognizer.train.method = 'topofr'"
+
+
+def test_compare_lists_evaluated_runs_with_varying_params_plot_and_csv(
+    tiny_project, tmp_path, capsys
+):
+    plot, csv = tmp_path / "out" / "compare.png", tmp_path / "out" / "compare.csv"
+    args = ["compare", "--tracking-uri", tiny_project.tracking_uri, "--plot", str(plot)]
+    assert main([*args, "--csv", str(csv)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("2 run(s) in experiment 'face_pipelines'")
+    assert "arcface" in out and "topofr" in out and "synthetic.fw_lfw" in out
+
+    df = pd.read_csv(csv)
+    assert len(df) == 2
+    # Only the recognizer method differs between the two evaluate runs.
+    assert list(df["recognizer.train.method"]) == ["arcface", "topofr"]
+    assert not any(c.startswith("subset.") for c in df.columns)
+    # The latest run (TopoFR) wrote the verification table that is on disk now.
+    table = json.loads((tiny_project.root / "data/08_reporting/verification.json").read_text())
+    last = df.iloc[-1]
+    for rec, res in table["results"].items():
+        for bench in table["benchmarks"]:
+            assert last[f"{rec}.{bench}"] == pytest.approx(res[bench]["accuracy"])
+        assert last[f"{rec}.mean"] == pytest.approx(res["mean_accuracy"])
+    assert last["synthetic_to_real_ratio"] == pytest.approx(table["synthetic_to_real_ratio"])
+
+    img = np.asarray(Image.open(plot))
+    assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+    assert img.std() > 0  # not a blank canvas
+
+
+def test_compare_runs_filter_and_all_runs(tiny_project):
+    df = compare_runs(filter_string=TOPOFR, tracking_uri=tiny_project.tracking_uri)
+    assert len(df) == 1
+    assert df.attrs["benchmarks"] == ["fw_age", "fw_cfp", "fw_lfw"]
+    # One run: nothing varies, so parameters appear only when asked for.
+    assert df.attrs["param_columns"] == []
+    df = compare_runs(
+        filter_string=TOPOFR,
+        tracking_uri=tiny_project.tracking_uri,
+        params=["recognizer.train.method"],
+    )
+    assert df["recognizer.train.method"].tolist() == ["topofr"]
+    every = compare_runs(tracking_uri=tiny_project.tracking_uri, include_unevaluated=True)
+    assert len(every) == 3 and "synth" in set(every["run_name"])
+    assert every.loc[every["run_name"] == "synth", "synthetic.mean"].isna().all()
+
+
+def test_default_tracking_uri_from_env_then_project_sqlite(tiny_project, monkeypatch, tmp_path):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tiny_project.tracking_uri)
+    monkeypatch.chdir(tmp_path)
+    assert len(compare_runs()) == 2
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    with pytest.raises(MissingInputError, match="no MLflow store at .*mlflow.db"):
+        compare_runs()
+    assert not (tmp_path / "mlflow.db").exists()  # never creates an empty store
+    monkeypatch.chdir(tiny_project.root)
+    assert df_names(compare_runs()) == ["recognizer+evaluate", "recognizer+evaluate"]
+
+
+def df_names(df: pd.DataFrame) -> list[str]:
+    # kedro-mlflow names a run after its pipelines, in either order
+    return ["+".join(sorted(n.split("+"), reverse=True)) for n in df["run_name"]]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"experiment": "nope"}, DataError, "experiment 'nope' not found"),
+        ({"filter_string": "params.recognizer.train.method = 'x'"}, DataError, "no MLflow runs"),
+        ({"filter_string": "params.x ="}, ParameterError, "not a valid MLflow filter"),
+    ],
+)
+def test_compare_bad_input_exits_2(tiny_project, capsys, kwargs, error, message):
+    with pytest.raises(error, match=message):
+        compare_runs(tracking_uri=tiny_project.tracking_uri, **kwargs)
+    flags = {"experiment": "--experiment", "filter_string": "--filter"}
+    args = [x for k, v in kwargs.items() for x in (flags[k], v)]
+    assert main(["compare", "--tracking-uri", tiny_project.tracking_uri, *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("face-pipelines compare: error: ") and message in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_compare_without_store_exits_2(tmp_path, capsys):
+    assert main(["compare", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
+    assert "no MLflow store" in capsys.readouterr().err
