@@ -18,6 +18,7 @@ from face_pipelines.models.heads import (
     build_head,
     magface_quality,
 )
+from face_pipelines.models.registry import build_backbone
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -278,3 +279,29 @@ def test_sharded_head_two_gloo_processes_match_single_process(tmp_path):
     assert set(ranks[0]["sampled_class_index"].tolist()) == shard0
     assert set(ranks[1]["sampled_class_index"].tolist()) == shard1
     torch.testing.assert_close(ranks[0]["sampled_loss"], ranks[1]["sampled_loss"])
+
+
+def test_small_backbone_with_arcface_learns_a_toy_task():
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    prototypes = torch.rand(4, 3, 64, 64, generator=g)
+    labels = torch.arange(32) % 4
+    noisy = prototypes[labels] + 0.3 * torch.randn(32, 3, 64, 64, generator=g)
+    x = noisy.clamp(0, 1) * 2 - 1
+    model = build_backbone("small", num_features=32)
+    head = ArcFaceHead(32, 4, s=16.0, m=0.3)
+    params = [p for p in [*model.parameters(), *head.parameters()] if p.requires_grad]
+    velocity = [torch.zeros_like(p) for p in params]
+    losses = []
+    for _ in range(12):
+        out = head(model(x), labels)
+        for p in params:
+            p.grad = None
+        out["loss"].backward()
+        with torch.no_grad():  # SGD with momentum, written out (torch.optim's first use is slow)
+            for p, v in zip(params, velocity, strict=True):
+                v.mul_(0.9).add_(p.grad)
+                p -= 0.1 * v
+        losses.append(out["loss"].item())
+    assert losses[-1] < 0.2 * losses[0]
+    assert out["p_gt"].mean() > 0.5
