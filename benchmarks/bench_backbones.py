@@ -6,9 +6,10 @@ combination of bf16 autocast, channels_last and torch.compile. Prints a table an
 benchmarks/results/backbones.json (device, versions, config, median images/s over repeats),
 rewritten after each row.
 
-On a CPU shared with other jobs the wall-clock median drops sharply (two OpenMP threads wait for each
-other whenever one is descheduled); the best repeat, the images per CPU-second and the one-thread row
-show what the model does on an idle machine, and `load_avg_1m_after` records how busy it was.
+On a CPU shared with other jobs the wall-clock median drops sharply (two OpenMP threads wait for
+each other whenever one is descheduled); the best repeat, the images per CPU-second and the
+one-thread row show what the model does on an idle machine, and `load_avg_1m_after` records how busy
+it was.
 
     python benchmarks/bench_backbones.py              # auto device; the CPU run takes ~1-2 minutes
     python benchmarks/bench_backbones.py --device cpu --threads 2
@@ -56,8 +57,9 @@ def _device_name(device: torch.device) -> str:
 
 def _timed(fn, device, warmup: int, repeats: int, iters: int, batch: int):
     """Wall-clock images/s of each repeat (each repeat = `iters` calls of fn), and images per
-    CPU-second of this process over all repeats (on a shared CPU the wall-clock rate drops with other
-    users' load; the CPU-time rate barely moves, so it shows what an idle machine would do)."""
+    CPU-second of this process over all repeats (on a shared CPU the wall-clock rate drops with
+    other users' load; the CPU-time rate barely moves, so it shows what an idle machine would
+    do)."""
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -226,7 +228,8 @@ def main() -> None:
         row["load_avg_1m_after"] = os.getloadavg()[0]
         result["results"].append(row)
         print(
-            f"{row['arch']:>10} {row['input_size']:>4}px b{row['batch']:<4} thr={row['threads']:<2} "
+            f"{row['arch']:>10} {row['input_size']:>4}px b{row['batch']:<4} "
+            f"thr={row['threads']:<2} "
             f"bf16={int(row['bf16'])} cl={int(row['channels_last'])} compile={int(row['compile'])} "
             f"| train {row['train_img_s']:8.1f} (best {row['train_img_s_best']:8.1f}) "
             f"| infer {row['infer_img_s']:8.1f} (best {row['infer_img_s_best']:8.1f}) img/s "

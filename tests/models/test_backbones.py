@@ -1,4 +1,4 @@
-"""IResNet names/shapes match insightface checkpoints; small backbone; registry and weight loading."""
+"""IResNet names/shapes match insightface checkpoints; small backbone; registry; weight loading."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import torch
 from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.models.registry import build_backbone, load_backbone_weights
 
-# Written from the architecture spec (insightface arcface_torch backbones/iresnet.py), independently of
-# the model code, so a renamed attribute or a changed shape shows up here.
+# Written from the architecture spec (insightface arcface_torch backbones/iresnet.py), independently
+# of the model code, so a renamed attribute or a changed shape shows up here.
 SPEC_LAYERS = {
     "iresnet18": [2, 2, 2, 2],
     "iresnet34": [3, 4, 6, 3],

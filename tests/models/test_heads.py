@@ -48,7 +48,7 @@ def test_arcface_target_logit_and_fallback():
     out = head(_at(1.0, norm=5.0), torch.tensor([0]))
     assert out["logits"][0, 0].item() == pytest.approx(64 * math.cos(1.5), abs=1e-4)
     assert out["logits"][0, 1].item() == pytest.approx(64 * math.cos(math.pi / 2 - 1.0), abs=1e-4)
-    # theta = 2.9: theta + m > pi -> fallback s (cos(theta) - m sin(m)), which stays below cos(theta)
+    # theta = 2.9: theta + m > pi -> fallback s (cos(theta) - m sin(m)), below cos(theta)
     out = head(_at(2.9), torch.tensor([0]))
     expected = 64 * (math.cos(2.9) - 0.5 * math.sin(0.5))
     assert out["logits"][0, 0].item() == pytest.approx(expected, abs=1e-4)

@@ -1,10 +1,10 @@
 """Face verification accuracy with insightface's 10-fold protocol, VAL@FAR, and flip-test embedding.
 
 Protocol (insightface eval/verification.py): L2-normalise both embeddings of each pair, squared
-Euclidean distance in [0, 4], "same" when distance < threshold. Pairs are split into contiguous folds
-(sklearn KFold(n_splits, shuffle=False): the first n % folds folds get one extra pair). For each fold
-the threshold on the grid 0, 0.01, ..., 3.99 (np.arange(0, 4, 0.01)) with the highest accuracy on the
-other folds is chosen (ties -> smallest threshold) and scored on the held-out fold.
+Euclidean distance in [0, 4], "same" when distance < threshold. Pairs are split into contiguous
+folds (sklearn KFold(n_splits, shuffle=False): the first n % folds folds get one extra pair). For
+each fold the threshold on the grid 0, 0.01, ..., 3.99 (np.arange(0, 4, 0.01)) with the highest
+accuracy on the other folds is chosen (ties -> smallest threshold) and scored on the held-out fold.
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _count_below(
 
 
 def verification_folds(embeddings_a, embeddings_b, issame, folds: int = 10) -> dict:
-    """Per-fold results of the 10-fold protocol: accuracies [folds] and chosen thresholds [folds]."""
+    """Per-fold results of the 10-fold protocol: accuracies [folds] and chosen thresholds."""
     dist, same = _pair_distances(embeddings_a, embeddings_b, issame, folds)
     fold = fold_ids(dist.size, folds)
     thr = ACCURACY_THRESHOLDS
@@ -90,9 +90,9 @@ def tar_at_far(embeddings_a, embeddings_b, issame, far: float = 1e-3, folds: int
     """VAL (true accept rate) at a target FAR, insightface style, averaged over held-out folds.
 
     On the other folds the FAR over the grid 0..4 step 0.001 is computed; the threshold where it
-    reaches `far` is found by linear interpolation between grid points (the largest grid threshold if
-    the training FAR never reaches it), then VAL = accepted same pairs / same pairs on the held-out fold. Folds without same
-    pairs are left out of the mean.
+    reaches `far` is found by linear interpolation between grid points (the largest grid threshold
+    if the training FAR never reaches it), then VAL = accepted same pairs / same pairs on the
+    held-out fold. Folds without same pairs are left out of the mean.
     """
     if not 0.0 < far < 1.0:
         raise ParameterError(f"far must be in (0, 1), got {far}")

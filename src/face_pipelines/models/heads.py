@@ -4,24 +4,24 @@ All heads compare L2-normalised embeddings with L2-normalised class centres (cos
 true class's cosine by a margin version, scale by `s` and apply softmax cross-entropy.
 
 Scale (PartialFC): with `sample_rate < 1` each training step keeps every class present in the batch
-plus random negatives up to `ceil(sample_rate * C)` classes and computes logits only over those. Under
-`torch.distributed` (auto-detected, or `shard_classes=True`) the class centres are sharded over ranks
-(rank r holds a contiguous block of about C / world classes); embeddings and labels are gathered from
-all ranks (the gather keeps gradients) and the softmax is computed across shards with an all_reduce of
-the per-sample max and sum, so no rank ever materialises [N, C] logits.
+plus random negatives up to `ceil(sample_rate * C)` classes and computes logits only over those.
+Under `torch.distributed` (auto-detected, or `shard_classes=True`) the class centres are sharded
+over ranks (rank r holds a contiguous block of about C / world classes); embeddings and labels are
+gathered from all ranks (the gather keeps gradients) and the softmax is computed across shards with
+an all_reduce of the per-sample max and sum, so no rank ever materialises [N, C] logits.
 
-Outputs (a dict) are over the *global* batch: with one process that is just the batch [B]; when sharded
-it is every rank's samples concatenated in rank order [N], identical on every rank, and
-`out["local_slice"]` selects this rank's samples. `loss` is the mean over that global batch, so it has
-the same value on every rank and equals the single-process loss on the concatenated batch.
+Outputs (a dict) are over the *global* batch: with one process that is just the batch [B]; when
+sharded it is every rank's samples concatenated in rank order [N], identical on every rank, and
+`out["local_slice"]` selects this rank's samples. `loss` is the mean over that global batch, so it
+has the same value on every rank and equals the single-process loss on the concatenated batch.
 
 Gradients when sharded are those of J = the mean over ranks of the loss each rank backpropagates:
 `out["loss"]` (same on every rank, J = loss), a weighted `(w * out["per_sample_loss"]).mean()` with
 `w` computed from these global outputs, or a rank's own `per_sample_loss[local_slice].mean()` all
 work. Class centres receive exactly dJ/d(weight); the gather multiplies the gradient of the local
-embeddings by the world size so that a DDP-wrapped backbone (DDP averages over ranks) receives exactly
-dJ/d(backbone). Do not wrap a sharded head in DDP: each rank owns its shard (use `full_weight` /
-`load_full_weight` for checkpoints).
+embeddings by the world size so that a DDP-wrapped backbone (DDP averages over ranks) receives
+exactly dJ/d(backbone). Do not wrap a sharded head in DDP: each rank owns its shard (use
+`full_weight` / `load_full_weight` for checkpoints).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class _ScaleGrad(torch.autograd.Function):
 class _GatherWithGrad(torch.autograd.Function):
     """All-gather rows of differing counts; backward sums the gradient over ranks and keeps ours.
 
-    The returned gradient is multiplied by the world size to cancel DDP's averaging (see module doc).
+    The returned gradient is multiplied by the world size to cancel DDP's averaging (module doc).
     """
 
     @staticmethod
@@ -100,10 +100,11 @@ def _gather_labels(labels: torch.Tensor, counts: list[int], group) -> torch.Tens
 class _ShardedSoftmaxCrossEntropy(torch.autograd.Function):
     """Per-sample softmax cross-entropy when the class axis is split over ranks.
 
-    Forward: logits [N, K_local] and the local column of each sample's true class (-1 if the true class
-    lives on another rank). Returns per-sample loss [N], p_gt [N] and entropy [N], identical on every
-    rank. Backward: d loss_i / d z_ic = p_ic - [c == y_i] for the local columns, times the upstream
-    gradient averaged over ranks - so the objective is the mean over ranks of each rank's loss.
+    Forward: logits [N, K_local] and the local column of each sample's true class (-1 if the true
+    class lives on another rank). Returns per-sample loss [N], p_gt [N] and entropy [N], identical
+    on every rank. Backward: d loss_i / d z_ic = p_ic - [c == y_i] for the local columns, times the
+    upstream gradient averaged over ranks - so the objective is the mean over ranks of each rank's
+    loss.
     """
 
     @staticmethod
@@ -161,8 +162,8 @@ class MarginHead(nn.Module):
         s: logit scale.
         sample_rate: PartialFC class sampling rate in (0, 1]; 1 = all classes every step. Sampling
             only happens in training mode; eval mode always uses every class.
-        shard_classes: shard the centres over torch.distributed ranks. None = automatic (sharded when
-            a process group with world size > 1 is initialised).
+        shard_classes: shard the centres over torch.distributed ranks. None = automatic (sharded
+            when a process group with world size > 1 is initialised).
         process_group: process group for sharding (default: the global group).
     """
 
@@ -221,7 +222,7 @@ class MarginHead(nn.Module):
         """Per-sample extra loss term from the embedding norms [N] (zero unless overridden)."""
         return torch.zeros_like(norms)
 
-    # -- full centre matrix (checkpoints) -----------------------------------------------------------
+    # -- full centre matrix (checkpoints) --------------------------------------------------------
     @torch.no_grad()
     def full_weight(self) -> torch.Tensor:
         """The whole [C, D] centre matrix; when sharded, gathered from every rank (a collective)."""
@@ -264,8 +265,8 @@ class MarginHead(nn.Module):
 
         Returns a dict: `loss` (scalar, mean over the global batch), `per_sample_loss` [N],
         `logits` [N, K] (scaled margin logits over the K classes used, on this rank's shard),
-        `class_index` [K] (global class id of each logits column), `p_gt` [N] (softmax probability of
-        the true class, a float in [0, 1]), `entropy` [N] (entropy of that softmax), `norms` [N]
+        `class_index` [K] (global class id of each logits column), `p_gt` [N] (softmax probability
+        of the true class, a float in [0, 1]), `entropy` [N] (entropy of that softmax), `norms` [N]
         (embedding norms) and `local_slice` (this rank's rows). N = B with one process.
         """
         if embeddings.ndim != 2 or embeddings.shape[1] != self.embedding_dim:
@@ -385,7 +386,7 @@ class CosFaceHead(MarginHead):
 
 
 def magface_quality(features: torch.Tensor) -> torch.Tensor:
-    """MagFace quality score of raw embeddings [B, D]: their L2 norm [B] (higher = better quality)."""
+    """MagFace quality of raw embeddings [B, D]: their L2 norm [B] (higher = better quality)."""
     return torch.linalg.vector_norm(features.float(), dim=-1)
 
 
@@ -441,7 +442,7 @@ HEADS: dict[str, type[MarginHead]] = {
 
 
 def build_head(name: str, embedding_dim: int, num_classes: int, **kwargs) -> MarginHead:
-    """Build a margin head by name ('arcface', 'cosface', 'magface'); kwargs go to its constructor."""
+    """Build a margin head by name ('arcface', 'cosface', 'magface'); kwargs go to the class."""
     if name not in HEADS:
         raise ParameterError(f"unknown margin head {name!r}; expected one of {sorted(HEADS)}")
     try:

@@ -1,12 +1,13 @@
 """IResNet face recognizers whose parameter names match insightface arcface_torch.
 
 Publicly distributed `backbone.pth` files (insightface arcface_torch) are bare state_dicts of
-`backbones/iresnet.py`; these modules use the same attribute names, nesting and shapes, so such a file
-loads with `load_state_dict(strict=True)` unchanged.
+`backbones/iresnet.py`; these modules use the same attribute names, nesting and shapes, so such a
+file loads with `load_state_dict(strict=True)` unchanged.
 
 Layout: stem conv3x3(3->64) + BN + PReLU; four stages of `IBasicBlock` (64/128/256/512 channels),
-each starting with a stride-2 block (112 px -> 7x7, 64 px -> 4x4); head BN2d -> flatten -> dropout ->
-Linear -> BatchNorm1d whose weight is frozen at 1. The output is the raw (un-normalised) embedding.
+each starting with a stride-2 block (112 px -> 7x7, 64 px -> 4x4); head BN2d -> flatten -> dropout
+-> Linear -> BatchNorm1d whose weight is frozen at 1. The output is the raw (un-normalised)
+embedding.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ IRESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
 
 
 def final_map_size(input_size: int, num_stride2: int = 4) -> int:
-    """Side of the last feature map after `num_stride2` stride-2 3x3 convs (padding 1) on `input_size`."""
+    """Side of the last map after `num_stride2` stride-2 3x3 convs (padding 1) on `input_size`."""
     size = input_size
     for _ in range(num_stride2):
         size = math.ceil(size / 2)
@@ -36,7 +37,7 @@ def final_map_size(input_size: int, num_stride2: int = 4) -> int:
 
 
 class IBasicBlock(nn.Module):
-    """Pre-activation-style residual block: BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride) -> BN (+ shortcut)."""
+    """Residual block: BN -> conv3x3 -> BN -> PReLU -> conv3x3(stride) -> BN, plus shortcut."""
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:
         super().__init__()
@@ -62,13 +63,13 @@ class IBasicBlock(nn.Module):
 
 
 class IResNet(nn.Module):
-    """IResNet backbone (insightface arcface_torch names) producing a raw `num_features`-d embedding.
+    """IResNet backbone (insightface arcface_torch names) giving a raw `num_features`-d embedding.
 
     Args:
         layers: blocks per stage, e.g. (3, 4, 14, 3) for IResNet-50.
         num_features: embedding dimension.
-        input_size: input side in pixels (112 for insightface crops, 64 for the CPU default); sets the
-            FC input (512 * s * s with s the final map side: 7 at 112 px, 4 at 64 px).
+        input_size: input side in pixels (112 for insightface crops, 64 for the CPU default); sets
+            the FC input (512 * s * s with s the final map side: 7 at 112 px, 4 at 64 px).
         dropout: dropout probability before the FC layer.
     """
 
@@ -124,8 +125,8 @@ class IResNet(nn.Module):
         """Embed a [B, 3, H, W] batch normalised as (x/255 - 0.5)/0.5.
 
         Returns the raw embedding [B, num_features]; with `return_maps=True` returns
-        `(embedding, [layer1, layer2, layer3, layer4 output maps])` (strides 2, 4, 8, 16), e.g. for a
-        perceptual/identity loss on intermediate features.
+        `(embedding, [layer1, layer2, layer3, layer4 output maps])` (strides 2, 4, 8, 16), e.g. for
+        a perceptual/identity loss on intermediate features.
         """
         x = self.prelu(self.bn1(self.conv1(x)))
         maps = []

@@ -1,8 +1,9 @@
 """Build recognizer backbones by name and load their weights (project checkpoints or insightface's).
 
-Checkpoints of this project are dicts {"arch", "config", "state_dict", "meta"}; a foreign insightface
-`backbone.pth` is a bare state_dict (possibly saved from DDP with a "module." prefix). Both load
-through `load_backbone_weights`, which names the missing / unexpected / mis-shaped keys on mismatch.
+Checkpoints of this project are dicts {"arch", "config", "state_dict", "meta"}; a foreign
+insightface `backbone.pth` is a bare state_dict (possibly saved from DDP with a "module." prefix).
+Both load through `load_backbone_weights`, which names the missing / unexpected / mis-shaped keys on
+mismatch.
 """
 
 from __future__ import annotations

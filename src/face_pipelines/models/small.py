@@ -2,8 +2,8 @@
 
 Same ingredients and head as IResNet (BN/PReLU residual blocks; BN2d -> flatten -> dropout -> Linear
 -> BatchNorm1d with frozen weight) at a fraction of the cost: a stride-2 stem and four stages that
-each start with a stride-2 block take 64 px to a 2x2 map. Train with channels_last on CPU too: oneDNN
-convolutions are faster in that layout.
+each start with a stride-2 block take 64 px to a 2x2 map. Train with channels_last on CPU too:
+oneDNN convolutions are faster in that layout.
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ from face_pipelines.models.iresnet import final_map_size
 class SmallBlock(nn.Module):
     """Residual block with the stride on the first conv (cheaper than IBasicBlock's stride-last).
 
-    conv3x3(stride) -> BN -> PReLU -> conv3x3 -> BN, plus a conv1x1+BN shortcut when the shape changes.
+    conv3x3(stride) -> BN -> PReLU -> conv3x3 -> BN, plus a conv1x1+BN shortcut if the shape
+    changes.
     """
 
     def __init__(self, in_channels: int, channels: int, stride: int = 1) -> None:

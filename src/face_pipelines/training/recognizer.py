@@ -373,3 +373,19 @@ def extract_features(
             x = x.div_(255.0).sub_(0.5).div_(0.5)
             out.append(model(x).float().cpu())
     return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+@torch.no_grad()
+def embed_images(
+    model: nn.Module, images_u8: np.ndarray, device, batch_size: int = 256
+) -> np.ndarray:
+    """Raw embeddings float32 [N, D] of uint8 RGB images [N, H, W, 3] (no flip), eval mode."""
+    model.eval()
+    out = []
+    for s in range(0, len(images_u8), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images_u8[s : s + batch_size])).to(device)
+        x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        out.append(model(x).float().cpu())
+    if not out:
+        raise ValueError("embed_images got no images")
+    return torch.cat(out).numpy()

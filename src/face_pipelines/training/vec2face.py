@@ -36,6 +36,7 @@ from face_pipelines.reporting.figures import image_grid
 from face_pipelines.training.data import PackedTargetDataset, make_loader
 from face_pipelines.training.device import resolve_device
 from face_pipelines.training.engine import TrainState, fit, frozen
+from face_pipelines.training.recognizer import embed_images
 from face_pipelines.training.schedule import build_scheduler
 
 
@@ -171,16 +172,6 @@ def generate_batched(
     )
 
 
-@torch.no_grad()
-def _embed(model: nn.Module, images_u8: np.ndarray, device, batch_size: int = 256) -> np.ndarray:
-    model.eval()
-    out = []
-    for s in range(0, len(images_u8), batch_size):
-        x = _normalise(torch.from_numpy(images_u8[s : s + batch_size]).permute(0, 3, 1, 2), device)
-        out.append(model(x).float().cpu())
-    return torch.cat(out).numpy()
-
-
 def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     a = a / (np.linalg.norm(a, axis=1, keepdims=True) + 1e-8)
     b = b / (np.linalg.norm(b, axis=1, keepdims=True) + 1e-8)
@@ -205,8 +196,8 @@ def evaluate_generator(
     mean per-identity pixel std (variation within an identity), generated vs real.
     """
     fake = generate_batched(gen, feats, device, seed=seed)
-    t_fake = _embed(teacher, fake, device)
-    j_fake, j_real = _embed(judge, fake, device), _embed(judge, images_u8, device)
+    t_fake = embed_images(teacher, fake, device)
+    j_fake, j_real = embed_images(judge, fake, device), embed_images(judge, images_u8, device)
     id_cos = _cos(t_fake, feats)
     judge_cos = _cos(j_fake, j_real)
     with torch.no_grad():
@@ -377,7 +368,7 @@ def train_vec2face(
         Image.fromarray(grid).save(grids_dir / f"epoch_{st.epoch + 1:03d}.png")
         f_small = held_feats[:64]
         fake = generate_batched(g, f_small, st.device, seed=cfg.seed)
-        cos = _cos(_embed(teacher, fake, st.device), f_small)
+        cos = _cos(embed_images(teacher, fake, st.device), f_small)
         return {"heldout_identity_cos": float(cos.mean())}
 
     fit(

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.images import decode_image
@@ -23,7 +22,7 @@ from face_pipelines.synthesis.factory import load_attrop_models, load_generator
 from face_pipelines.synthesis.render import export_recordio, load_rendered_manifest, render_dataset
 from face_pipelines.training.attributes import load_pose_regressor, predict_pose
 from face_pipelines.training.device import resolve_device
-from face_pipelines.training.recognizer import load_recognizer
+from face_pipelines.training.recognizer import embed_images, load_recognizer
 
 log = logging.getLogger(__name__)
 
@@ -100,15 +99,6 @@ def _decode_all(root: Path, paths: list[str], size: int) -> np.ndarray:
     return out
 
 
-def _embed(model, images: np.ndarray, device, batch: int = 256) -> np.ndarray:
-    feats = []
-    with torch.no_grad():
-        for s in range(0, len(images), batch):
-            x = torch.from_numpy(images[s : s + batch]).to(device).permute(0, 3, 1, 2).float()
-            feats.append(model(x.div_(127.5).sub_(1.0)).float().cpu())
-    return torch.cat(feats).numpy()
-
-
 def make_dataset_card(
     synthetic_dataset_info: dict,
     render_report: dict,
@@ -142,7 +132,7 @@ def make_dataset_card(
         input_size=t.checkpoint_input_size,
         embedding_dim=t.checkpoint_embedding_dim,
     )
-    syn_feats = _embed(model, images, device)
+    syn_feats = embed_images(model, images, device)
     pose = load_pose_regressor(pose_summary["checkpoint"], device)
     syn_yaw = predict_pose(pose, images, device)[:, 0]
     real = PackedImages(subset_packed_dir)
