@@ -129,6 +129,14 @@ class TeacherParams(Strict):
     pose: PoseParams = Field(default_factory=PoseParams, description="head-pose model for AttrOP")
     feature_batch_size: int = Field(256, gt=0, description="batch size of feature extraction")
 
+    def checkpoint_kwargs(self) -> dict:
+        """How to build a teacher from a bare state_dict (`load_recognizer` keyword arguments)."""
+        return {
+            "arch": self.checkpoint_arch,
+            "input_size": self.checkpoint_input_size,
+            "embedding_dim": self.checkpoint_embedding_dim,
+        }
+
 
 # --------------------------------------------------------------------------------------------------
 # recognizer / evaluate

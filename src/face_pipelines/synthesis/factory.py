@@ -16,18 +16,13 @@ def load_generator(path: str, device: str = "cpu"):
 def load_attrop_models(
     teacher_path: str,
     pose_path: str | None,
-    teacher_arch: str | None = None,
-    teacher_input_size: int = 112,
-    teacher_embedding_dim: int = 512,
+    teacher_kwargs: dict | None = None,
     device: str = "cpu",
 ) -> AttrOPModels:
-    """Teacher (identity + MagFace-norm quality) and pose model for AttrOP."""
-    teacher, _ = load_recognizer(
-        teacher_path,
-        device,
-        arch=teacher_arch,
-        input_size=teacher_input_size,
-        embedding_dim=teacher_embedding_dim,
-    )
+    """Teacher (identity + MagFace-norm quality) and pose model for AttrOP.
+
+    `teacher_kwargs` are `load_recognizer`'s arch/input_size/embedding_dim for a bare state_dict.
+    """
+    teacher, _ = load_recognizer(teacher_path, device, **(teacher_kwargs or {}))
     pose = load_pose_regressor(pose_path, device) if pose_path else None
     return AttrOPModels(teacher, pose, None)

@@ -53,9 +53,7 @@ def render_synthetic_dataset(
                 load_attrop_models,
                 teacher_summary["checkpoint"],
                 pose_summary["checkpoint"],
-                t.checkpoint_arch,
-                t.checkpoint_input_size,
-                t.checkpoint_embedding_dim,
+                t.checkpoint_kwargs(),
                 device,
             ),
             config=p.attrop,
@@ -128,9 +126,7 @@ def make_dataset_card(
     model, _ = load_recognizer(
         teacher_summary["checkpoint"],
         device,
-        arch=t.checkpoint_arch,
-        input_size=t.checkpoint_input_size,
-        embedding_dim=t.checkpoint_embedding_dim,
+        **t.checkpoint_kwargs(),
     )
     syn_feats = embed_images(model, images, device)
     pose = load_pose_regressor(pose_summary["checkpoint"], device)

@@ -136,9 +136,7 @@ def extract_teacher_features(
     model, size = load_recognizer(
         teacher_summary["checkpoint"],
         device,
-        arch=t.checkpoint_arch,
-        input_size=t.checkpoint_input_size,
-        embedding_dim=t.checkpoint_embedding_dim,
+        **t.checkpoint_kwargs(),
     )
     feats = extract_features(model, subset_packed_dir, device, t.feature_batch_size, com.progress)
     if len(feats) != len(subset_packed_manifest):

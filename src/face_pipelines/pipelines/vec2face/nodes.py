@@ -30,9 +30,7 @@ def train_generator(
     com = validate_section("common", common)
     teacher_model, _ = load_recognizer(
         teacher_summary["checkpoint"],
-        arch=t.checkpoint_arch,
-        input_size=t.checkpoint_input_size,
-        embedding_dim=t.checkpoint_embedding_dim,
+        **t.checkpoint_kwargs(),
     )
     judge_model, _ = load_recognizer(judge_summary["checkpoint"], arch=t.judge.checkpoint_arch)
     hist = MetricHistory()
