@@ -98,6 +98,38 @@ def test_evaluation_table_has_ratio(tiny_run):
     assert table["training_images"]["synthetic"] == table["training_images"]["real"]
 
 
+def test_ablation_pipeline_trains_every_variant_on_both_sets(tiny_run):
+    project, _ = tiny_run
+    result = _kedro(project, "run", "--env", "tiny", "--pipelines", "ablation")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reporting = project / "data/08_reporting"
+    table = json.loads((reporting / "ablation.json").read_text())
+    pairs = [(r["variant"], r["dataset"]) for r in table["rows"]]
+    assert pairs == [
+        (v, d) for v in ("arcface", "topofr", "topofr_no_sde") for d in ("real", "synthetic")
+    ]
+    assert set(table["rows"][0]["accuracy"]) == {"fw_lfw", "fw_cfp", "fw_age"}
+    assert {r["images"] for r in table["rows"]} == {
+        json.loads((project / "data/08_reporting/verification.json").read_text())[
+            "training_images"
+        ]["real"]
+    }
+    assert "sde_mean_weight" in table["rows"][2]["diagnostics"]
+    assert "sde_mean_weight" not in table["rows"][4]["diagnostics"]
+    md = (reporting / "ablation.md").read_text()
+    assert md.count("topofr_no_sde") == 2
+    assert (reporting / "ablation.png").read_bytes()[:4] == b"\x89PNG"
+    with sqlite3.connect(project / "mlflow.db") as con:
+        metrics = {k for (k,) in con.execute("select key from metrics")}
+    assert "ablation.topofr.real.fw_cfp" in metrics
+    assert "ablation.topofr.synthetic.epoch/l_sa" in metrics
+    # A second run reuses every finished variant instead of retraining.
+    again = _kedro(project, "run", "--env", "tiny", "--pipelines", "ablation")
+    assert again.returncode == 0, again.stderr[-2000:]
+    table2 = json.loads((reporting / "ablation.json").read_text())
+    assert all(r["reused"] for r in table2["rows"])
+
+
 def test_mlflow_records_runs_with_params_and_metrics(tiny_run):
     project, _ = tiny_run
     db = project / "mlflow.db"

@@ -34,6 +34,9 @@ def test_pipelines_register(repo_root):
         assert {n.name for n in pipelines[stage].nodes} <= synth_nodes
     assert synth_nodes <= default_nodes
     assert "select_subset" in synth_nodes
+    # The ablation is opt-in: registered, but not part of the default chain.
+    assert "run_recognizer_ablation" not in default_nodes
+    assert {n.name for n in pipelines["ablation"].nodes} == {"run_recognizer_ablation"}
 
 
 @pytest.mark.parametrize("env", ["local", "paper"])
@@ -104,7 +107,7 @@ def test_dvc_lists_every_stage(repo_root):
         [str(dvc), "stage", "list"], cwd=repo_root, capture_output=True, text=True, check=True
     ).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.strip()}
-    assert listed >= STAGES
+    assert listed >= STAGES | {"ablation"}
 
 
 def test_kedro_cli_accepts_legacy_pipeline_flag(repo_root):

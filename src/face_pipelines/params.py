@@ -161,6 +161,34 @@ class EvaluateParams(Strict):
     batch_size: int = Field(256, gt=0, description="embedding batch size")
 
 
+_DEFAULT_VARIANTS = {
+    "arcface": {"method": "arcface"},
+    "topofr": {"method": "topofr"},
+    "topofr_no_sde": {"method": "topofr", "topofr": {"sde": False}},
+}
+
+
+class AblationParams(Strict):
+    datasets: list[Literal["real", "synthetic"]] = Field(
+        default_factory=lambda: ["real", "synthetic"],
+        min_length=1,
+        description="training sets (the recognizer pipeline's packed sets) every variant trains on",
+    )
+    variants: dict[str, dict[str, Any]] = Field(
+        default_factory=lambda: dict(_DEFAULT_VARIANTS),
+        description="{name: partial recipe deep-merged onto recognizer.train}; same seed/budget",
+    )
+
+    @model_validator(mode="after")
+    def _check_variants(self):
+        # Keys and types are checked here against the default recipe; the node re-validates the
+        # merge onto the configured recognizer.train.
+        from face_pipelines.training.ablation import variant_configs
+
+        variant_configs(RecognizerConfig().model_dump(), self.variants)
+        return self
+
+
 # --------------------------------------------------------------------------------------------------
 # vec2face
 class Vec2FaceParams(Strict):
@@ -196,6 +224,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "render": RenderParams,
     "recognizer": RecognizerParams,
     "evaluate": EvaluateParams,
+    "ablation": AblationParams,
 }
 
 

@@ -3,6 +3,7 @@
 from kedro.pipeline import Pipeline
 
 from face_pipelines.pipelines import (
+    ablation,
     evaluate,
     recognizer,
     render,
@@ -27,6 +28,7 @@ def register_pipelines() -> dict[str, Pipeline]:
         "evaluate": evaluate,
     }
     pipes: dict[str, Pipeline] = {name: modules[name].create_pipeline() for name in STAGES}
+    pipes["ablation"] = ablation.create_pipeline()  # opt-in, not in __default__
     pipes["synth"] = sum((pipes[n] for n in SYNTH), Pipeline([]))
     pipes["__default__"] = sum((pipes[n] for n in STAGES), Pipeline([]))
     return pipes

@@ -13,6 +13,7 @@ from face_pipelines.errors import ParameterError
 from face_pipelines.training.device import (
     PrecisionPolicy,
     autocast_context,
+    channels_last_supported,
     maybe_channels_last,
     maybe_compile,
     resolve_device,
@@ -57,15 +58,26 @@ def test_cuda_policy_and_channels_last():
     assert device.type == "cuda"
     policy = PrecisionPolicy.resolve(device)
     assert policy.name == ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
-    conv = maybe_channels_last(nn.Conv2d(3, 4, 3).to(device), device)
+    conv = nn.Conv2d(3, 4, 3).to(device)
+    assert maybe_channels_last(conv, device) is True  # any width on CUDA
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ParameterError, match="GPU"):
         resolve_device(f"cuda:{torch.cuda.device_count()}")
 
 
 def test_helpers_on_cpu():
-    conv = nn.Conv2d(3, 4, 3)
-    assert maybe_channels_last(conv, "cpu").weight.is_contiguous(memory_format=torch.channels_last)
+    conv = nn.Conv2d(3, 8, 3)
+    assert maybe_channels_last(conv, "cpu") is True
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    # Fewer than 8 output channels anywhere: oneDNN's channels_last backward corrupts the heap on
+    # CPU, so the model stays contiguous.
+    thin = nn.Sequential(nn.Conv2d(3, 16, 3), nn.Conv2d(16, 4, 3))
+    assert channels_last_supported(thin, "cpu") is False
+    assert maybe_channels_last(thin, "cpu") is False
+    assert thin[0].weight.is_contiguous() and not thin[0].weight.is_contiguous(
+        memory_format=torch.channels_last
+    )
+    assert channels_last_supported(thin, "meta") is False
     assert maybe_compile(conv, False) is conv
     assert unwrap_model(nn.DataParallel(conv)) is conv
     seed_everything(5)

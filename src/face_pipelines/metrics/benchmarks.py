@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from face_pipelines.io.subset import require_path
 from face_pipelines.io.verification_bin import read_verification_bin
 from face_pipelines.metrics.verification import embed_with_flip, tar_at_far, verification_accuracy
 from face_pipelines.training.recognizer import load_recognizer
@@ -36,6 +37,30 @@ def evaluate_on_benchmark(
         "tar_at_far_1e-3": float(tar_at_far(a, b, issame, far=1e-3)),
         "pairs": int(len(issame)),
     }
+
+
+def benchmark_paths(
+    faceworld_info: Mapping | None, faceworld_benchmarks: bool, extra: Mapping[str, str]
+) -> dict[str, Path]:
+    """The benchmarks to evaluate on: FaceWorld's fw_* .bin files (when enabled) plus `extra`.
+
+    Raises:
+        ValueError: FaceWorld benchmarks asked for but FaceWorld is disabled, or no benchmarks.
+        FileNotFoundError: an extra .bin path does not exist (named by its parameter key).
+    """
+    benches: dict[str, Path] = {}
+    if faceworld_benchmarks:
+        if not (faceworld_info or {}).get("enabled"):
+            raise ValueError("evaluate.faceworld_benchmarks is true but faceworld.enabled is false")
+        root = Path(faceworld_info["root"])
+        benches.update({k: root / v["bin"] for k, v in faceworld_info["eval"].items()})
+    for name, path in extra.items():
+        benches[name] = require_path(
+            path, f"evaluate.benchmarks.{name}", "an insightface .bin file"
+        )
+    if not benches:
+        raise ValueError("no benchmarks: set evaluate.faceworld_benchmarks or evaluate.benchmarks")
+    return benches
 
 
 def verification_table(

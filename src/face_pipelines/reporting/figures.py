@@ -47,3 +47,40 @@ def image_figure(image: np.ndarray, title: str = "", dpi: int = 100):
     if title:
         fig.suptitle(title, fontsize=8, y=0.995)
     return fig
+
+
+def ablation_figure(table: dict, title: str = "recognizer ablation"):
+    """Grouped bars: accuracy (%) per benchmark and mean, one group per (variant, training set)."""
+    benches = list(table["benchmarks"])
+    rows = table["rows"]
+    cols = [*benches, "mean"]
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.1 * len(rows) + 2), 3.4), dpi=100)
+    width = 0.8 / len(cols)
+    x = np.arange(len(rows))
+    lows = []
+    for j, col in enumerate(cols):
+        vals = np.array(
+            [
+                100 * (r["mean_accuracy"] if col == "mean" else r["accuracy"][col]["mean"])
+                for r in rows
+            ]
+        )
+        lows.append(vals.min())
+        bars = ax.bar(x + (j - (len(cols) - 1) / 2) * width, vals, width, label=col)
+        if col == "mean":
+            for b, v in zip(bars, vals, strict=True):
+                ax.annotate(
+                    f"{v:.1f}",
+                    (b.get_x() + b.get_width() / 2, v),
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                )
+    ax.set_xticks(x, [f"{r['variant']}\n{r['dataset']}" for r in rows], fontsize=8)
+    ax.set_ylim(max(0.0, min(lows) - 5), 100)
+    ax.set_ylabel("verification accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7, ncol=len(cols), loc="upper right")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig

@@ -58,12 +58,13 @@ def train_pose_regressor(
     sched = build_scheduler(opt, "cosine", total_steps=total, warmup_steps=max(1, total // 20))
     state = TrainState.create(model, opt, sched, device=device, grad_clip=5.0)
     model.to(state.device)
-    maybe_channels_last(model, state.device)
+    cl = maybe_channels_last(model, state.device)
 
     def step_fn(batch, st: TrainState) -> dict:
         images, target = batch
         x = images.to(st.device).float().div_(255.0).sub_(0.5).div_(0.5)
-        x = x.contiguous(memory_format=torch.channels_last)
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
         target = target.to(st.device)
         with st.autocast():
             pred = st.model(x).float()

@@ -248,9 +248,8 @@ def _train_worker(
         grad_clip=cfg.grad_clip,
         grad_accum_steps=cfg.grad_accum_steps,
     )
-    cl = cfg.channels_last and state.device.type in ("cuda", "cpu")
     net.to(state.device)
-    maybe_channels_last(net, state.device) if cl else None
+    cl = cfg.channels_last and maybe_channels_last(net, state.device)
     if cfg.compile:
         net.backbone = maybe_compile(net.backbone, True)
     if info.world_size > 1:

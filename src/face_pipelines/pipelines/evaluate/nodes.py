@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from face_pipelines.io.subset import require_path
-from face_pipelines.metrics.benchmarks import verification_markdown, verification_table
+from face_pipelines.metrics.benchmarks import (
+    benchmark_paths,
+    verification_markdown,
+    verification_table,
+)
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.training.device import resolve_device
@@ -17,18 +18,7 @@ def evaluate_recognizers(
     """Verification accuracy (10-fold, flip TTA) of the synthetic- and real-trained recognizers."""
     p = validate_section("evaluate", evaluate)
     com = validate_section("common", common)
-    benches: dict[str, Path] = {}
-    if p.faceworld_benchmarks:
-        if not faceworld_info.get("enabled"):
-            raise ValueError("evaluate.faceworld_benchmarks is true but faceworld.enabled is false")
-        root = Path(faceworld_info["root"])
-        benches.update({k: root / v["bin"] for k, v in faceworld_info["eval"].items()})
-    for name, path in p.benchmarks.items():
-        benches[name] = require_path(
-            path, f"evaluate.benchmarks.{name}", "an insightface .bin file"
-        )
-    if not benches:
-        raise ValueError("no benchmarks: set evaluate.faceworld_benchmarks or evaluate.benchmarks")
+    benches = benchmark_paths(faceworld_info, p.faceworld_benchmarks, p.benchmarks)
     recognizers = {"synthetic": synthetic_summary["checkpoint"], "real": real_summary["checkpoint"]}
     table = verification_table(
         recognizers, benches, resolve_device(com.device), p.batch_size, progress=com.progress
