@@ -10,6 +10,11 @@ import os
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+# MLflow system metrics (CPU, RAM, disk, network; GPU utilisation/memory/power when NVML sees a GPU)
+# are sampled every 10 s during every tracked run, as `system/*` metrics. Set either variable in the
+# environment to change it (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns it off).
+os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
+os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10")
 
 from kedro.config import OmegaConfigLoader  # noqa: E402
 
