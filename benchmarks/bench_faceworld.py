@@ -28,21 +28,11 @@ import numpy as np  # noqa: E402
 import PIL  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from _env import cpu_name  # noqa: E402  (benchmarks/_env.py; scripts run from benchmarks/)
 from face_pipelines.faceworld import FaceWorldConfig, plan_pool, render_identity_images  # noqa: E402
 from face_pipelines.io.atomic import write_text_atomic  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results" / "faceworld.json"
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo (falls back to platform.processor())."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:

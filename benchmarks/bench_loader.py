@@ -26,6 +26,7 @@ import PIL
 import torch
 from PIL import Image
 
+from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.packed import PackedImages, PackedWriter
 from face_pipelines.training.data import AugmentationConfig, PackedFaceDataset, make_loader
@@ -46,17 +47,6 @@ def make_packed(root: Path, n: int, size: int, seed: int) -> PackedImages:
         for i in range(n):
             writer.add(smooth_face_like(rng, size), i % 100)
     return PackedImages(root)
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo where available."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def time_epochs(loader, repeats: int) -> list[float]:

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -30,23 +29,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.synthesis.sampling import fit_centre_distribution, sample_identity_centres
 from face_pipelines.training.device import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling.json"
 CHEAP_SECONDS = 10.0
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo where available."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def structured_real_centres(n: int, dim: int, alpha: float, seed: int) -> np.ndarray:

@@ -25,6 +25,7 @@ import pandas as pd
 import PIL
 from PIL import Image
 
+from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.folders import scan_identity_folders
 
@@ -50,17 +51,6 @@ def make_dataset(root: Path, identities: int, per_identity: int, size: int, seed
             Image.fromarray(smooth_face_like(rng, size)).save(buf, "JPEG", quality=95)
             (folder / f"{j:03d}.jpg").write_bytes(buf.getvalue())
     return identities * per_identity
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo where available."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import sys
 import time
@@ -25,23 +24,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.metrics.separability import separability_curve, separability_sequential
 from face_pipelines.training.device import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results" / "separability.json"
 CHEAP_SECONDS = 5.0
-
-
-def cpu_name() -> str:
-    """CPU model from /proc/cpuinfo where available."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def structured_centres(n: int, dim: int, alpha: float, seed: int) -> np.ndarray:
