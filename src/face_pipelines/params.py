@@ -18,6 +18,7 @@ from face_pipelines.faceworld.config import FaceWorldConfig
 from face_pipelines.synthesis.attrop import AttrOPConfig
 from face_pipelines.synthesis.plan import SampleConfig
 from face_pipelines.training.attributes import PoseConfig
+from face_pipelines.training.drgan import DRGANTrainConfig
 from face_pipelines.training.recognizer import RecognizerConfig
 from face_pipelines.training.vec2face import Vec2FaceTrainConfig
 
@@ -198,6 +199,14 @@ class Vec2FaceParams(Strict):
 
 
 # --------------------------------------------------------------------------------------------------
+# drgan (opt-in pipeline)
+class DRGANParams(Strict):
+    train: DRGANTrainConfig = Field(
+        default_factory=DRGANTrainConfig, description="DR-GAN pose-code generator recipe"
+    )
+
+
+# --------------------------------------------------------------------------------------------------
 # sample / render
 class SampleParams(Strict):
     config: SampleConfig = Field(default_factory=SampleConfig, description="sampling recipe")
@@ -225,6 +234,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "recognizer": RecognizerParams,
     "evaluate": EvaluateParams,
     "ablation": AblationParams,
+    "drgan": DRGANParams,
 }
 
 

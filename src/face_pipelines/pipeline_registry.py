@@ -4,6 +4,7 @@ from kedro.pipeline import Pipeline
 
 from face_pipelines.pipelines import (
     ablation,
+    drgan,
     evaluate,
     recognizer,
     render,
@@ -29,6 +30,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     }
     pipes: dict[str, Pipeline] = {name: modules[name].create_pipeline() for name in STAGES}
     pipes["ablation"] = ablation.create_pipeline()  # opt-in, not in __default__
+    pipes["drgan"] = drgan.create_pipeline()  # opt-in, not in synth or __default__
     pipes["synth"] = sum((pipes[n] for n in SYNTH), Pipeline([]))
     pipes["__default__"] = sum((pipes[n] for n in STAGES), Pipeline([]))
     return pipes
