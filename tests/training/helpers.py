@@ -35,3 +35,22 @@ class TinyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.avg_pool2d(torch.relu(self.conv(x)), 2)
         return self.head(self.drop(x.flatten(1)))
+
+
+class Stop(Exception):
+    """Simulates the process dying mid-epoch (raised from the log callback)."""
+
+
+def recorder(store: dict, stop_at: int | None = None):
+    """A `log(metrics, step)` callback keeping per-step metrics by step and epoch metrics as
+    "epoch<n>"; raises Stop after logging step `stop_at`."""
+
+    def log(metrics, step):
+        if "loss" in metrics:
+            store[step] = dict(metrics)
+            if step == stop_at:
+                raise Stop
+        else:
+            store[f"epoch{step}"] = dict(metrics)
+
+    return log

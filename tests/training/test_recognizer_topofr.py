@@ -8,7 +8,7 @@ import pytest
 from face_pipelines.io.checkpoint import load_checkpoint
 from face_pipelines.training.recognizer import RecognizerConfig, load_recognizer, train_recognizer
 
-from .helpers import make_packed
+from .helpers import Stop, make_packed, recorder
 
 CFG = RecognizerConfig(
     arch="small",
@@ -25,22 +25,6 @@ CFG = RecognizerConfig(
     log_every=1,
     topofr={"perturb_prob": 0.5, "alpha": 0.1, "sde": True},
 )
-
-
-class Stop(Exception):
-    """Simulates the process dying mid-epoch (raised from the log callback)."""
-
-
-def recorder(store: dict, stop_at: int | None = None):
-    def log(metrics, step):
-        if "loss" in metrics:
-            store[step] = dict(metrics)
-            if step == stop_at:
-                raise Stop
-        else:
-            store[f"epoch{step}"] = dict(metrics)
-
-    return log
 
 
 @pytest.fixture(scope="module")
