@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from face_pipelines.errors import DataError, MissingInputError
-from face_pipelines.io.packed import PACKED_FORMAT, PackedImages, PackedWriter
+from face_pipelines.io.packed import PACKED_FORMAT, PackedImages, PackedWriter, array_fingerprint
 
 
 def _images(n: int, size: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -144,3 +144,38 @@ def test_missing_truncated_or_wrong_shard(tmp_path):
     (root / "labels.npy").unlink()
     with pytest.raises(DataError, match="labels.npy"):
         PackedImages(root)
+
+
+def _pack(root, images, labels):
+    with PackedWriter(root, image_size=images.shape[1], shard_size=7) as w:
+        w.add_batch(images, labels)
+    return PackedImages(root)
+
+
+def test_fingerprint_follows_content_not_location(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (20, 4, 4, 3), dtype=np.uint8)
+    labels = np.arange(20) % 5
+    a = _pack(tmp_path / "a", images, labels).fingerprint()
+    assert _pack(tmp_path / "b", images, labels).fingerprint() == a  # same content elsewhere
+    changed = images.copy()
+    changed[13, 0, 0, 0] ^= 1  # one bit of one image
+    assert _pack(tmp_path / "c", changed, labels).fingerprint() != a
+    relabelled = labels.copy()
+    relabelled[[0, 1]] = relabelled[[1, 0]]
+    assert _pack(tmp_path / "d", images, relabelled).fingerprint() != a
+    # Large sets are sampled: an image between the sampled ones does not change it (documented).
+    assert _pack(tmp_path / "e", changed, labels).fingerprint(sample=2) == _pack(
+        tmp_path / "f", images, labels
+    ).fingerprint(sample=2)
+
+
+def test_array_fingerprint_sees_dtype_shape_and_values():
+    x = np.arange(12, dtype=np.float32).reshape(3, 4)
+    assert array_fingerprint(x) == array_fingerprint(x.copy())
+    assert array_fingerprint(x) != array_fingerprint(x.reshape(4, 3))
+    assert array_fingerprint(x) != array_fingerprint(x.astype(np.float64))
+    y = x.copy()
+    y[2, 3] += 1e-3
+    assert array_fingerprint(x) != array_fingerprint(y)
+    assert array_fingerprint(x.T) == array_fingerprint(np.ascontiguousarray(x.T))

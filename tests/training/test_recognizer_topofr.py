@@ -76,3 +76,19 @@ def test_topofr_without_sde_skips_the_reweighting(packed, tmp_path):
     train_recognizer(packed, tmp_path / "c", cfg, "cpu", False, recorder(store))
     assert "epoch/l_sa" in store["epoch1"]
     assert "epoch/sde_mean_weight" not in store["epoch1"]
+
+
+def test_a_finished_run_is_not_reused_on_other_data(tmp_path):
+    """Same recipe, same folder, new images: the old training state is set aside, not resumed."""
+    cfg = CFG.model_copy(update={"method": "arcface", "epochs": 1})
+    root = tmp_path / "packed"
+    make_packed(root, n=32, size=32, classes=4, seed=0)
+    first = train_recognizer(root, tmp_path / "run", cfg, "cpu", False)
+    again = train_recognizer(root, tmp_path / "run", cfg, "cpu", False)
+    assert again["final"] == {}  # same data: the finished run resumes to nothing
+    make_packed(root, n=32, size=32, classes=4, seed=1)  # re-rendered set, same size and labels
+    store: dict = {}
+    retrained = train_recognizer(root, tmp_path / "run", cfg, "cpu", False, recorder(store))
+    assert sorted(k for k in store if isinstance(k, int)) == [1, 2]
+    assert retrained["final"]["epoch/loss"] != first["final"]["epoch/loss"]
+    assert list((tmp_path / "run" / "train_state").glob("stale-*.pt"))

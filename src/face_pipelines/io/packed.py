@@ -15,6 +15,7 @@ without error, so an interrupted job never leaves a folder that looks complete.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -191,6 +192,14 @@ class PackedWriter:
         self._fill = 0
 
 
+def array_fingerprint(array: np.ndarray) -> str:
+    """Content hash of an array (dtype, shape and bytes): e.g. the teacher features a run trains on."""
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(memoryview(a).cast("B"))
+    return h.hexdigest()[:20]
+
+
 class PackedImages:
     """Random-access reader of a packed folder (see the module docstring).
 
@@ -324,6 +333,22 @@ class PackedImages:
             f"PackedImages({str(self.root)!r}, count={self.count}, size={self.height}, "
             f"num_classes={self.num_classes}, shards={len(self.shards)})"
         )
+
+    def fingerprint(self, sample: int = 512) -> str:
+        """Content hash identifying this packed set: size, classes, every label and `sample` images
+        spread evenly over it (cheap at 10^6 images, yet any re-render or re-selection changes it).
+
+        Training runs record it so that a finished or interrupted run is never resumed on other data.
+        """
+        h = hashlib.sha256()
+        h.update(f"{self.count}/{self.height}/{self.num_classes}".encode())
+        h.update(np.ascontiguousarray(self.labels).tobytes())
+        if self.count:
+            idx = np.unique(
+                np.linspace(0, self.count - 1, min(sample, self.count)).astype(np.int64)
+            )
+            h.update(np.ascontiguousarray(self.get_batch(idx)[0]).tobytes())
+        return h.hexdigest()[:20]
 
     def _shard_arrays(self) -> list[np.ndarray]:
         if self._arrays is None:

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 
 from face_pipelines.errors import ParameterError
 from face_pipelines.io.atomic import write_text_atomic
+from face_pipelines.io.packed import PackedImages
 from face_pipelines.metrics.benchmarks import verification_table
 from face_pipelines.training.device import resolve_device
 from face_pipelines.training.recognizer import RecognizerConfig, train_recognizer
@@ -75,13 +76,8 @@ def variant_configs(
 
 
 def _run_key(config: RecognizerConfig, packed_dir: Path) -> str:
-    meta = {
-        "index": json.loads((packed_dir / "index.json").read_text()),
-        "labels": hashlib.sha256((packed_dir / "labels.npy").read_bytes()).hexdigest(),
-        "mtimes": sorted((f.name, f.stat().st_mtime_ns) for f in packed_dir.glob("shard_*.npy")),
-    }
     blob = json.dumps(
-        {"config": config.model_dump(), "data": str(packed_dir.resolve()), "meta": meta},
+        {"config": config.model_dump(), "data": PackedImages(packed_dir).fingerprint()},
         sort_keys=True,
         default=str,
     )

@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from face_pipelines.errors import DataError
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
-from face_pipelines.io.packed import PackedImages
+from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.models.attributes import POSE_SCALE_DEG, PoseRegressor
 from face_pipelines.training.data import PackedTargetDataset, make_loader
 from face_pipelines.training.device import maybe_channels_last, resolve_device
@@ -49,7 +49,8 @@ def train_pose_regressor(
     device = resolve_device(device)
     torch.manual_seed(config.seed)
     model = PoseRegressor(config.widths, input_size=packed.image_size)
-    ds = PackedTargetDataset(packed, np.asarray(yaw_pitch_deg, dtype=np.float32))
+    targets = np.asarray(yaw_pitch_deg, dtype=np.float32)
+    ds = PackedTargetDataset(packed, targets)
     loader = make_loader(
         ds, config.batch_size, seed=config.seed, num_workers=config.num_workers, device=device
     )
@@ -85,7 +86,10 @@ def train_pose_regressor(
         log=log,
         progress=progress,
         desc="train pose",
-        config={**config.model_dump(), "data": {"images": len(packed), "size": packed.image_size}},
+        config={
+            **config.model_dump(),
+            "data": {"images": packed.fingerprint(), "targets": array_fingerprint(targets)},
+        },
     )
     save_checkpoint(
         Path(out_dir) / "model.pt",

@@ -181,16 +181,6 @@ def _make_step_fn(cfg: RecognizerConfig, channels_last: bool):
     return step_fn
 
 
-def _data_fingerprint(packed: PackedImages) -> dict:
-    # A resumed run must train on the same data: count, classes and size identify a packed set.
-    return {
-        "images": len(packed),
-        "classes": packed.num_classes,
-        "size": packed.image_size,
-        "root": str(packed.root) if hasattr(packed, "root") else "",
-    }
-
-
 def _train_worker(
     packed_root: str,
     out_dir: str,
@@ -262,7 +252,7 @@ def _train_worker(
         checkpoint_dir=Path(out_dir) / "train_state",
         log=log,
         log_every=cfg.log_every,
-        config=cfg.model_dump(),
+        config={**cfg.model_dump(), "data": packed.fingerprint()},  # never resume on other data
         progress=progress,
         desc=f"train {cfg.arch}",
     )

@@ -26,7 +26,7 @@ from pytorch_msssim import ssim
 from torch import nn
 
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
-from face_pipelines.io.packed import PackedImages
+from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.losses.gan import discriminator_loss, generator_adversarial_loss
 from face_pipelines.metrics.feature_stats import frechet_distance
 from face_pipelines.metrics.separability import pixel_spread
@@ -381,7 +381,12 @@ def train_vec2face(
         epoch_end_fn=epoch_end,
         progress=progress,
         desc="train vec2face",
-        config={**cfg.model_dump(), "data": {"images": len(packed), "dim": int(features.shape[1])}},
+        # The data's content is part of the run: new teacher features or a new subset must not
+        # resume (or reuse) a generator trained on the old ones.
+        config={
+            **cfg.model_dump(),
+            "data": {"images": packed.fingerprint(), "features": array_fingerprint(features)},
+        },
     )
     ema = state.models["ema"]
     report = evaluate_generator(
