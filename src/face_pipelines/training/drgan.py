@@ -55,7 +55,7 @@ from face_pipelines.models.drgan import (
 from face_pipelines.reporting.figures import image_grid
 from face_pipelines.synthesis.attrop import images_to_uint8
 from face_pipelines.training.data import PackedFaceDataset, make_loader, to_device_normalised
-from face_pipelines.training.device import resolve_device
+from face_pipelines.training.device import maybe_channels_last, resolve_device
 from face_pipelines.training.engine import TrainState, fit, frozen
 from face_pipelines.training.recognizer import embed_images
 
@@ -339,6 +339,8 @@ def train_drgan(
     torch.manual_seed(cfg.seed)
     gen = DRGANGenerator(model_cfg).to(device)
     disc = DRGANDiscriminator(model_cfg, packed.num_classes).to(device)
+    # channels_last where it pays (CUDA; on CPU only for nets without thin convs, i.e. D).
+    channels_last = maybe_channels_last(disc, device) | maybe_channels_last(gen, device)
     loader = make_loader(
         PackedPoseDataset(packed, bins, n),
         cfg.batch_size,
@@ -360,7 +362,7 @@ def train_drgan(
     def step_fn(batch, st: TrainState) -> dict:
         images, y_id, y_pose = batch
         G, D = st.models["gen"], st.models["disc"]
-        x = to_device_normalised(images.flatten(0, images.ndim - 4), st.device)
+        x = to_device_normalised(images.flatten(0, images.ndim - 4), st.device, channels_last)
         y_id, y_pose = y_id.to(st.device), y_pose.flatten().to(st.device)
         real_id = y_id.repeat_interleave(n)
         with st.autocast():
