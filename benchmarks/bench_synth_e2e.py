@@ -120,6 +120,7 @@ def main() -> None:
         "config": {"env": args.env, "fresh": not args.in_place, "stages": stages},
         "stages": rows,
         "total_s": round(total, 1),
+        "synth_s": round(sum(r["wall_s"] for r in rows if r["stage"] in SYNTH), 1),
         "target_synth_s": 15 * 60,
         "contended": max_load > cores,
         "note": (

@@ -130,6 +130,18 @@ def test_ablation_pipeline_trains_every_variant_on_both_sets(tiny_run):
     assert all(r["reused"] for r in table2["rows"])
 
 
+def test_drgan_pipeline_trains_on_the_subset_with_its_yaw_labels(tiny_run):
+    project, _ = tiny_run
+    result = _kedro(project, "run", "--env", "tiny", "--pipelines", "drgan")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    report = json.loads((project / "data/08_reporting/drgan_report.json").read_text())
+    assert Path(report["checkpoint"]).is_file()
+    assert (project / "data/08_reporting/drgan_grid.png").read_bytes()[:4] == b"\x89PNG"
+    with sqlite3.connect(project / "mlflow.db") as con:
+        metrics = {k for (k,) in con.execute("select key from metrics")}
+    assert any(m.startswith("drgan.") for m in metrics)
+
+
 def test_mlflow_records_runs_with_params_and_metrics(tiny_run):
     project, _ = tiny_run
     db = project / "mlflow.db"

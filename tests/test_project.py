@@ -37,6 +37,8 @@ def test_pipelines_register(repo_root):
     # The ablation is opt-in: registered, but not part of the default chain.
     assert "run_recognizer_ablation" not in default_nodes
     assert {n.name for n in pipelines["ablation"].nodes} == {"run_recognizer_ablation"}
+    assert "train_drgan" not in default_nodes
+    assert {n.name for n in pipelines["drgan"].nodes} == {"train_drgan"}
 
 
 @pytest.mark.parametrize("env", ["local", "paper"])
@@ -107,7 +109,7 @@ def test_dvc_lists_every_stage(repo_root):
         [str(dvc), "stage", "list"], cwd=repo_root, capture_output=True, text=True, check=True
     ).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.strip()}
-    assert listed >= STAGES | {"ablation"}
+    assert listed >= STAGES | {"ablation", "drgan"}
 
 
 def test_kedro_cli_accepts_legacy_pipeline_flag(repo_root):

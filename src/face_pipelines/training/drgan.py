@@ -43,7 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from face_pipelines.errors import DataError
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
-from face_pipelines.io.packed import PackedImages
+from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.models.drgan import (
     DRGANConfig,
     DRGANDiscriminator,
@@ -421,7 +421,11 @@ def train_drgan(
         epoch_end_fn=epoch_end,
         progress=progress,
         desc="train drgan",
-        config={**cfg.model_dump(), "data": {"images": len(packed), "size": packed.image_size}},
+        # Content fingerprints: never resume a run trained on other images or other pose labels.
+        config={
+            **cfg.model_dump(),
+            "data": {"images": packed.fingerprint(), "yaw": array_fingerprint(yaw)},
+        },
     )
     gen.eval()
     scores = score_generated(gen, disc, eval_u8, eval_ids, state.device, cfg.seed)
