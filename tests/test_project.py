@@ -118,3 +118,17 @@ def test_kedro_cli_accepts_legacy_pipeline_flag(repo_root):
         [str(kedro), "run", "--help"], cwd=repo_root, capture_output=True, text=True, check=True
     ).stdout
     assert "--pipeline" in out
+
+
+def test_settings_turn_on_mlflow_system_metrics_unless_overridden():
+    code = (
+        "import os, face_pipelines.settings as s; "
+        "print(os.environ['MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING'], "
+        "os.environ['MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL'])"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("MLFLOW_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["true", "10"], out.stderr[-2000:]
+    env["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["false", "10"], out.stderr[-2000:]
