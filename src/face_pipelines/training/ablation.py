@@ -19,13 +19,13 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
-import numpy as np
 from pydantic import ValidationError
 
 from face_pipelines.errors import ParameterError
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.metrics.benchmarks import verification_table
+from face_pipelines.reporting.metrics import MetricHistory
 from face_pipelines.training.device import resolve_device
 from face_pipelines.training.recognizer import RecognizerConfig, train_recognizer
 
@@ -94,19 +94,18 @@ def _final_diagnostics(history: Mapping[str, list[dict]]) -> dict:
     return out
 
 
-class _Recorder:
-    """A `log(metrics, step)` callback that keeps histories and forwards with a prefix."""
+def _recorder(
+    prefix: str, forward: Callable[[dict, int], None] | None
+) -> tuple[MetricHistory, Callable[[dict, int], None]]:
+    """A `log(metrics, step)` that keeps the run's history and forwards it with a prefix."""
+    history = MetricHistory()
 
-    def __init__(self, prefix: str, forward: Callable[[dict, int], None] | None):
-        self.prefix, self.forward = prefix, forward
-        self.history: dict[str, list[dict]] = {}
+    def log(metrics: Mapping, step: int) -> None:
+        history(metrics, step)
+        if forward is not None:
+            forward({f"{prefix}{k}": v for k, v in metrics.items()}, step)
 
-    def __call__(self, metrics: Mapping, step: int) -> None:
-        for k, v in metrics.items():
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and np.isfinite(v):
-                self.history.setdefault(k, []).append({"step": int(step), "value": float(v)})
-        if self.forward is not None:
-            self.forward({f"{self.prefix}{k}": v for k, v in metrics.items()}, step)
+    return history, log
 
 
 def run_ablation(
@@ -154,9 +153,9 @@ def run_ablation(
                 record = json.loads(done.read_text())
                 record["reused"] = True
             else:
-                rec = _Recorder(f"{vname}.{dname}.", log)
+                history, run_log = _recorder(f"{vname}.{dname}.", log)
                 t0 = time.perf_counter()
-                summary = train_recognizer(packed, run_dir, cfg, device, progress, rec)
+                summary = train_recognizer(packed, run_dir, cfg, device, progress, run_log)
                 record = {
                     "variant": vname,
                     "dataset": dname,
@@ -165,7 +164,7 @@ def run_ablation(
                     "identities": summary["identities"],
                     "epochs": cfg.epochs,
                     "train_s": round(time.perf_counter() - t0, 1),
-                    "diagnostics": _final_diagnostics(rec.history),
+                    "diagnostics": _final_diagnostics(history.as_mlflow()),
                     "final": summary.get("final", {}),
                     "config": cfg.model_dump(),
                 }
