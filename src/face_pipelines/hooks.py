@@ -8,6 +8,7 @@ traceback from deep inside a node.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from kedro.framework.hooks import hook_impl
@@ -40,3 +41,22 @@ class DatasetCardSummaryHook:
             log.warning("could not read the dataset card for the summary: %s", exc)
             return
         print("\n" + card_summary(card) + "\n", flush=True)
+
+
+class DvcExperimentTagHook:
+    """Tag the MLflow run with the DVC experiment's name under `dvc exp run --name NAME`.
+
+    DVC passes the name to stage commands as $DVC_EXP_NAME; the tag (`dvc_exp`) is what links an
+    MLflow run to `dvc exp show` and what `face-pipelines compare` shows in its dvc_exp column.
+    """
+
+    @hook_impl
+    def before_node_run(self) -> None:
+        name = os.environ.get("DVC_EXP_NAME")
+        if not name:
+            return
+        import mlflow
+
+        run = mlflow.active_run()
+        if run is not None and run.data.tags.get("dvc_exp") != name:
+            mlflow.set_tag("dvc_exp", name)

@@ -18,9 +18,13 @@ os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10")
 
 from kedro.config import OmegaConfigLoader  # noqa: E402
 
-from face_pipelines.hooks import DatasetCardSummaryHook, ParameterValidationHooks  # noqa: E402
+from face_pipelines.hooks import (  # noqa: E402
+    DatasetCardSummaryHook,
+    DvcExperimentTagHook,
+    ParameterValidationHooks,
+)
 
-HOOKS = (ParameterValidationHooks(), DatasetCardSummaryHook())
+HOOKS = (ParameterValidationHooks(), DatasetCardSummaryHook(), DvcExperimentTagHook())
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 

@@ -2,8 +2,9 @@
 
 It runs the tiny configuration end to end once per session, the way tests/test_pipelines_e2e.py
 does: a copy of the project in a temp folder with tests/fixtures/conf_tiny as env "tiny", then
-`synth`, `recognizer,evaluate` (ArcFace) and `recognizer,evaluate` again with TopoFR, so MLflow holds
-two evaluated runs whose parameters differ.
+`synth`, `recognizer,evaluate` (ArcFace) and `recognizer,evaluate` again with TopoFR (with
+$DVC_EXP_NAME set, as under `dvc exp run`), so MLflow holds two evaluated runs whose parameters
+differ.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "conf_tiny"
 BIN = Path(sys.executable).parent
 KEDRO = str(BIN / "kedro")
 DATASET = "data/07_model_output/synthetic_dataset"
+TOPOFR_EXP = "tiny-topofr"  # the DVC experiment name the TopoFR run is made under
 
 
 def clean_env(**extra: str) -> dict[str, str]:
@@ -33,10 +35,16 @@ def clean_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_kedro(project: Path, *args: str) -> subprocess.CompletedProcess:
-    """`kedro <args>` in `project`; fails the test with the output's tail when it fails."""
+def run_kedro(project: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """`kedro <args>` in `project` (extra environment `env`); fails the test with the output's tail
+    when it fails."""
     result = subprocess.run(
-        [KEDRO, *args], cwd=project, capture_output=True, text=True, env=clean_env(), timeout=600
+        [KEDRO, *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        env=clean_env(**env),
+        timeout=600,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
@@ -80,5 +88,6 @@ def tiny_project(tmp_path_factory) -> TinyProject:
         "recognizer,evaluate",
         "--params",
         "recognizer.train.method=topofr",
+        DVC_EXP_NAME=TOPOFR_EXP,  # as `dvc exp run --name` would set it
     )
     return TinyProject(project)

@@ -13,6 +13,8 @@ from face_pipelines.commands import main
 from face_pipelines.errors import DataError, MissingInputError, ParameterError
 from face_pipelines.reporting.run_compare import compare_runs
 
+from .conftest import TOPOFR_EXP
+
 TOPOFR = "params.recognizer.train.method = 'topofr'"
 
 
@@ -31,6 +33,10 @@ def test_compare_lists_evaluated_runs_with_varying_params_plot_and_csv(
     # Only the recognizer method differs between the two evaluate runs.
     assert list(df["recognizer.train.method"]) == ["arcface", "topofr"]
     assert not any(c.startswith("subset.") for c in df.columns)
+    # The DVC experiment name links the run to `dvc exp show`; runs outside an experiment have none.
+    assert df["dvc_exp"].isna().iloc[0] and df["dvc_exp"].iloc[1] == TOPOFR_EXP
+    # Both runs trained on the same synthetic set: no dataset.* column varies, so none is shown.
+    assert not any(c.startswith("dataset.") for c in df.columns)
     # The latest run (TopoFR) wrote the verification table that is on disk now.
     table = json.loads((tiny_project.root / "data/08_reporting/verification.json").read_text())
     last = df.iloc[-1]
@@ -101,3 +107,45 @@ def test_compare_bad_input_exits_2(tiny_project, capsys, kwargs, error, message)
 def test_compare_without_store_exits_2(tmp_path, capsys):
     assert main(["compare", "--tracking-uri", f"sqlite:///{tmp_path / 'none.db'}"]) == 2
     assert "no MLflow store" in capsys.readouterr().err
+
+
+def test_evaluate_runs_carry_the_synthetic_sets_provenance(tiny_project):
+    """evaluate logs the card's measures and recipe knobs as dataset.* metrics next to accuracy."""
+    import mlflow
+
+    card = json.loads((tiny_project.root / "data/08_reporting/dataset_card.json").read_text())
+    mlflow.set_tracking_uri(tiny_project.tracking_uri)
+    runs = mlflow.search_runs(experiment_names=["face_pipelines"], output_format="pandas")
+    evaluated = runs[runs["metrics.evaluate.synthetic.mean"].notna()]
+    assert len(evaluated) == 2
+    for _, run in evaluated.iterrows():
+        assert run["metrics.evaluate.dataset.identities"] == card["identities"]
+        assert run["metrics.evaluate.dataset.separability"] == pytest.approx(card["separability"])
+        mix = card["parameters"]["sample"]["config"]["sigma_mix"]
+        expected = sum(s * p for s, p in mix) / sum(p for _, p in mix)
+        assert run["metrics.evaluate.dataset.sigma_mean"] == pytest.approx(expected)
+        attrop = card["parameters"]["render"]["attrop_enabled"]
+        assert run["metrics.evaluate.dataset.attrop_enabled"] == float(attrop)
+
+
+def test_dataset_provenance_keeps_numbers_and_recipe_knobs_only():
+    from face_pipelines.reporting.dataset_card import dataset_provenance
+
+    card = {
+        "identities": 40,
+        "separability": 0.9,
+        "feature_fd": float("nan"),  # not finite: left out
+        "attrop_yaw_success": None,  # not measured: left out
+        "parameters": {
+            "sample": {"config": {"sigma_mix": [[0.2, 3], [0.6, 1]], "calibration_quantile": 0.9}},
+            "render": {"attrop_enabled": False},
+        },
+    }
+    assert dataset_provenance(card) == {
+        "identities": 40.0,
+        "separability": 0.9,
+        "sigma_mean": pytest.approx(0.3),
+        "calibration_quantile": 0.9,
+        "attrop_enabled": 0.0,
+    }
+    assert dataset_provenance({}) == {}

@@ -163,3 +163,49 @@ def card_summary(card: dict) -> str:
     failed = [k for k, ok in card["checks"].items() if not ok]
     lines.append("  checks: all passed" if not failed else f"  checks not met: {', '.join(failed)}")
     return "\n".join(lines)
+
+
+# The card measures and recipe knobs that tell synthetic datasets apart in a run comparison.
+_PROVENANCE_MEASURES = (
+    "identities",
+    "images",
+    "threshold",
+    "separability",
+    "intra_class_cos_mean",
+    "feature_fd",
+    "attrop_images",
+    "attrop_yaw_success",
+    "leaked_identities",
+)
+
+
+def dataset_provenance(card: dict) -> dict[str, float]:
+    """Numbers that identify the synthetic set a recognizer was trained on, for MLflow metrics.
+
+    The evaluate pipeline logs them next to the accuracies (as `dataset.<key>`), so a comparison of
+    evaluate runs shows which dataset each came from without joining runs of other pipelines:
+    the card's size and quality measures, plus from its recipe the sigma mix's mean
+    (`sigma_mean`, sum of sigma x proportion), the calibration quantile and whether AttrOP ran.
+    Missing or non-numeric entries are left out.
+    """
+    out: dict[str, float] = {}
+    for key in _PROVENANCE_MEASURES:
+        value = card.get(key)
+        if isinstance(value, bool):
+            value = float(value)
+        if isinstance(value, int | float) and np.isfinite(value):
+            out[key] = float(value)
+    params = card.get("parameters") or {}
+    sample = ((params.get("sample") or {}).get("config")) or {}
+    mix = sample.get("sigma_mix")
+    if mix:
+        weights = np.array([float(p) for _, p in mix])
+        sigmas = np.array([float(s) for s, _ in mix])
+        if weights.sum() > 0:
+            out["sigma_mean"] = float((sigmas * weights).sum() / weights.sum())
+    if isinstance(sample.get("calibration_quantile"), int | float):
+        out["calibration_quantile"] = float(sample["calibration_quantile"])
+    render = params.get("render") or {}
+    if "attrop_enabled" in render:
+        out["attrop_enabled"] = float(bool(render["attrop_enabled"]))
+    return out

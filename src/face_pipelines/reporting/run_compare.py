@@ -38,7 +38,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # conf/base/mlflow.yml's default
 METRIC_PREFIX = "evaluate."
 RECOGNIZERS = ("synthetic", "real")
 RATIO = "synthetic_to_real_ratio"
-_BASE_COLUMNS = ["run_id", "run_name", "start_time"]
+_BASE_COLUMNS = ["run_id", "run_name", "dvc_exp", "start_time"]
+DATASET_PREFIX = "dataset."  # evaluate's provenance of the synthetic set (dataset_provenance)
+DVC_EXP_TAG = "tags.dvc_exp"  # set by hooks.DvcExperimentTagHook under `dvc exp run`
 
 
 def resolve_tracking_uri(tracking_uri: str | None = None) -> str:
@@ -96,10 +98,12 @@ def compare_runs(
         include_unevaluated: also list runs without evaluate metrics (e.g. `synth` runs).
 
     Returns:
-        DataFrame sorted by start time with columns run_id, run_name, start_time, the parameters
-        (flattened keys; those that differ between the listed runs plus `params`), then
+        DataFrame sorted by start time with columns run_id, run_name, dvc_exp (the `dvc exp run`
+        name, when any run has one), start_time, the parameters (flattened keys; those that differ
+        between the listed runs plus `params`), the synthetic set's `dataset.*` measures and recipe
+        knobs that differ (logged by evaluate), then
         `<recognizer>.<benchmark>` accuracies, `<recognizer>.mean` and `synthetic_to_real_ratio`.
-        `df.attrs` holds "param_columns", "benchmarks", "tracking_uri", "experiment".
+        `df.attrs` holds "param_columns", "dataset_columns", "benchmarks", "tracking_uri", "experiment".
 
     Raises:
         MissingInputError: the local tracking store does not exist.
@@ -169,6 +173,14 @@ def compare_runs(
         if key not in param_cols:
             out[key] = None
             param_cols.append(key)
+    if DVC_EXP_TAG in runs and runs[DVC_EXP_TAG].notna().any():
+        out.insert(2, "dvc_exp", runs[DVC_EXP_TAG])
+    dataset_cols = []
+    for col in sorted(c for c in metric_cols if _metric_column(c).startswith(DATASET_PREFIX)):
+        values = runs[col].astype(float)
+        if values.nunique(dropna=False) > 1:
+            out[_metric_column(col)] = values
+            dataset_cols.append(_metric_column(col))
 
     benchmarks = sorted(
         {
@@ -186,7 +198,11 @@ def compare_runs(
     ratio = f"metrics.{METRIC_PREFIX}{RATIO}"
     out[RATIO] = runs[ratio].astype(float) if ratio in runs else np.nan
     out.attrs.update(
-        param_columns=param_cols, benchmarks=benchmarks, tracking_uri=uri, experiment=experiment
+        param_columns=param_cols,
+        dataset_columns=dataset_cols,
+        benchmarks=benchmarks,
+        tracking_uri=uri,
+        experiment=experiment,
     )
     return out
 
@@ -197,8 +213,14 @@ def format_comparison(df: pd.DataFrame) -> str:
     show["run_id"] = show["run_id"].str[:8]
     if "start_time" in show:
         show["start_time"] = pd.to_datetime(show["start_time"]).dt.strftime("%Y-%m-%d %H:%M")
+    for col in df.attrs.get("dataset_columns", []):
+        show[col] = show[col].map(lambda v: "-" if pd.isna(v) else f"{v:g}")
     for col in show.columns:
-        if col not in _BASE_COLUMNS and col not in df.attrs.get("param_columns", []):
+        if (
+            col not in _BASE_COLUMNS
+            and col not in df.attrs.get("param_columns", [])
+            and col not in df.attrs.get("dataset_columns", [])
+        ):
             show[col] = show[col].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
     return show.to_string(index=False, na_rep="-")
 

@@ -8,14 +8,24 @@ from face_pipelines.metrics.benchmarks import (
     verification_table,
 )
 from face_pipelines.params import validate_section
+from face_pipelines.reporting.dataset_card import dataset_provenance
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.training.device import resolve_device
 
 
 def evaluate_recognizers(
-    synthetic_summary: dict, real_summary: dict, faceworld_info: dict, evaluate: dict, common: dict
+    synthetic_summary: dict,
+    real_summary: dict,
+    faceworld_info: dict,
+    dataset_card: dict,
+    evaluate: dict,
+    common: dict,
 ) -> tuple[dict, str, dict]:
-    """Verification accuracy (10-fold, flip TTA) of the synthetic- and real-trained recognizers."""
+    """Verification accuracy (10-fold, flip TTA) of the synthetic- and real-trained recognizers.
+
+    The MLflow metrics also carry `dataset.*`: the synthetic set's card measures and recipe knobs
+    (reporting.dataset_card.dataset_provenance), so evaluate runs can be compared on their own.
+    """
     p = validate_section("evaluate", evaluate)
     com = validate_section("common", common)
     benches = benchmark_paths(faceworld_info, p.faceworld_benchmarks, p.benchmarks)
@@ -36,4 +46,5 @@ def evaluate_recognizers(
     metrics.update({f"{rec}.mean": res["mean_accuracy"] for rec, res in table["results"].items()})
     if "synthetic_to_real_ratio" in table:
         metrics["synthetic_to_real_ratio"] = table["synthetic_to_real_ratio"]
+    metrics.update({f"dataset.{k}": v for k, v in dataset_provenance(dataset_card).items()})
     return table, verification_markdown(table), flat_metrics(metrics)

@@ -14,6 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "synthetic.summary",
                     "real.summary",
                     "faceworld_info",
+                    "dataset_card",
                     "params:evaluate",
                     "params:common",
                 ],
