@@ -2,7 +2,10 @@
 
 Synthetic data, an ArcFace head over 1000 classes. CPU: 'small' at 64 px (channels_last off/on, and
 on one thread) and IResNet-50 at 112 px (few iterations). CUDA: both at larger batches, for every
-combination of bf16 autocast, channels_last and torch.compile. Prints a table and writes
+combination of bf16 autocast, channels_last and torch.compile. Rows with `loader` set take every
+training batch from the real data path instead of one resident tensor: packed uint8 shards ->
+PackedFaceDataset (flip at 64 px as the default recognizer recipe; the HSFace recipe at 112 px) ->
+make_loader -> normalise on the device, so `train_img_s` there includes data loading. Prints a table and writes
 benchmarks/results/backbones.json (device, versions, config, median images/s over repeats),
 rewritten after each row.
 
@@ -24,18 +27,37 @@ import json
 import os
 import platform
 import statistics
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from _env import make_packed  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
+from face_pipelines.io.packed import PackedImages
 from face_pipelines.models.heads import ArcFaceHead
 from face_pipelines.models.registry import build_backbone
+from face_pipelines.training.data import (
+    AugmentationConfig,
+    PackedFaceDataset,
+    make_loader,
+    to_device_normalised,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backbones.json"
 NUM_CLASSES = 1000
+AUGMENTATIONS = {"flip": AugmentationConfig, "hsface": AugmentationConfig.hsface}
+
+
+def _endless(loader):
+    """Batches from `loader` forever, a new shuffled epoch each time it runs out."""
+    epoch = 0
+    while True:
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+        epoch += 1
 
 
 def _sync(device: torch.device) -> None:
@@ -87,8 +109,14 @@ def bench_one(
     repeats: int,
     iters: int,
     threads: int | None = None,
+    loader: dict | None = None,
+    packed: PackedImages | None = None,
 ) -> dict:
-    """Train and inference images/s of one backbone configuration."""
+    """Train and inference images/s of one backbone configuration.
+
+    `loader` ({"num_workers": int, "augmentation": "flip" | "hsface"}) takes every training batch
+    from `packed` through the training data path; None trains on one resident batch.
+    """
     if threads is not None:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -113,10 +141,22 @@ def bench_one(
             return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
+    batches = None
+    if loader is not None:
+        dataset = PackedFaceDataset(packed, augmentation=AUGMENTATIONS[loader["augmentation"]]())
+        batches = _endless(
+            make_loader(dataset, batch, num_workers=loader["num_workers"], device=device, seed=0)
+        )
+
     def train_step():
+        xb, yb = x, y
+        if batches is not None:
+            images, labels = next(batches)
+            xb = to_device_normalised(images, device, channels_last)
+            yb = labels.to(device, non_blocking=True)
         with autocast():
-            emb = run_model(x)
-        loss = head(emb, y)["loss"]
+            emb = run_model(xb)
+        loss = head(emb, yb)["loss"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -136,6 +176,7 @@ def bench_one(
         "bf16": bf16,
         "channels_last": channels_last,
         "compile": compile_model,
+        "loader": loader,
         "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 3),
         "threads": torch.get_num_threads(),
         "train_img_s": statistics.median(train),
@@ -149,6 +190,10 @@ def bench_one(
         "warmup": warmup,
         "iters_per_repeat": iters,
     }
+
+
+def _loader_text(loader: dict | None) -> str:
+    return "-" if not loader else f"{loader['augmentation']}/w{loader['num_workers']}"
 
 
 def plan(device: torch.device, repeats: int, threads: int) -> list[dict]:
@@ -169,6 +214,21 @@ def plan(device: torch.device, repeats: int, threads: int) -> list[dict]:
                 iters=10,
             )
             for (arch, size, batch), (bf16, cl, comp) in itertools.product(models, list(flags))
+        ] + [  # the fast configuration again, fed by the data path (8 workers)
+            dict(
+                arch=arch,
+                input_size=size,
+                batch=batch,
+                bf16=True,
+                channels_last=True,
+                compile_model=comp,
+                warmup=5,
+                repeats=repeats,
+                iters=10,
+                loader={"num_workers": 8, "augmentation": aug},
+            )
+            for (arch, size, batch), aug in zip(models, ["flip", "hsface"], strict=True)
+            for comp in (False, True)
         ]
     common = dict(bf16=False, compile_model=False, threads=threads)
     small = dict(arch="small", input_size=64, batch=128, warmup=2, repeats=repeats, iters=3)
@@ -182,6 +242,19 @@ def plan(device: torch.device, repeats: int, threads: int) -> list[dict]:
     if threads > 1:  # one thread: the figure that holds up when other jobs share the CPU
         runs.append({**common, **small, "channels_last": True, "threads": 1})
     runs.append({**common, **r50, "channels_last": True})
+    # The same with the data path included: in-process loading (the default num_workers: 0) and
+    # one worker process (on two cores it competes with the training threads).
+    for workers in (0, 1):
+        loader = {"num_workers": workers, "augmentation": "flip"}
+        runs.append({**common, **small, "channels_last": True, "loader": loader})
+    runs.append(
+        {
+            **common,
+            **r50,
+            "channels_last": True,
+            "loader": {"num_workers": 0, "augmentation": "hsface"},
+        }
+    )
     return runs
 
 
@@ -221,16 +294,24 @@ def main() -> None:
         "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "results": [],
     }
+    tmp = tempfile.TemporaryDirectory(prefix="bench_backbones_")
+    packed: dict[int, PackedImages] = {}
     for cfg in plan(device, args.repeats, args.threads):
         if args.only and cfg["arch"] != args.only:
             continue
-        row = bench_one(device=device, **cfg)
+        size = cfg["input_size"]
+        if cfg.get("loader") and size not in packed:
+            # enough images that a repeat rarely wraps around an epoch
+            n = max(2048, cfg["batch"] * (cfg["warmup"] + cfg["iters"]) * 2)
+            packed[size] = make_packed(Path(tmp.name) / f"px{size}", n, size, seed=size)
+        row = bench_one(device=device, packed=packed.get(size), **cfg)
         row["load_avg_1m_after"] = os.getloadavg()[0]
         result["results"].append(row)
         print(
             f"{row['arch']:>10} {row['input_size']:>4}px b{row['batch']:<4} "
             f"thr={row['threads']:<2} "
             f"bf16={int(row['bf16'])} cl={int(row['channels_last'])} compile={int(row['compile'])} "
+            f"loader={_loader_text(row['loader']):<9} "
             f"| train {row['train_img_s']:8.1f} (best {row['train_img_s_best']:8.1f}) "
             f"| infer {row['infer_img_s']:8.1f} (best {row['infer_img_s_best']:8.1f}) img/s "
             f"| per CPU-s: train {row['train_img_per_cpu_s']:7.1f} infer "
@@ -239,6 +320,7 @@ def main() -> None:
         )
         # Rewritten after every row: an interrupted run still leaves the rows it finished.
         write_text_atomic(args.out, json.dumps(result, indent=2) + "\n")
+    tmp.cleanup()
     print(f"wrote {args.out}")
 
 

@@ -24,29 +24,12 @@ from pathlib import Path
 import numpy as np
 import PIL
 import torch
-from PIL import Image
 
-from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
+from _env import cpu_name, make_packed  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
-from face_pipelines.io.packed import PackedImages, PackedWriter
 from face_pipelines.training.data import AugmentationConfig, PackedFaceDataset, make_loader
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
-
-
-def smooth_face_like(rng: np.random.Generator, size: int) -> np.ndarray:
-    """Low-frequency colour noise upsampled to `size` (photo-like content for resizes/jitter)."""
-    coarse = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    return np.asarray(Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC))
-
-
-def make_packed(root: Path, n: int, size: int, seed: int) -> PackedImages:
-    """Pack `n` images of `size` px in 100 classes; returns the reader."""
-    rng = np.random.default_rng(seed)
-    with PackedWriter(root, image_size=size, shard_size=512) as writer:
-        for i in range(n):
-            writer.add(smooth_face_like(rng, size), i % 100)
-    return PackedImages(root)
 
 
 def time_epochs(loader, repeats: int) -> list[float]:
