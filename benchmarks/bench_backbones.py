@@ -199,37 +199,23 @@ def _loader_text(loader: dict | None) -> str:
 def plan(device: torch.device, repeats: int, threads: int) -> list[dict]:
     """Configurations to run on this device."""
     if device.type == "cuda":
-        models = [("small", 64, 512), ("iresnet50", 112, 256)]
-        flags = itertools.product([False, True], [False, True], [False, True])
-        return [
+        models = {"small": (64, 512, "flip"), "iresnet50": (112, 256, "hsface")}
+        timing = dict(warmup=5, repeats=repeats, iters=10)
+        runs = [
+            dict(arch=a, input_size=size, batch=b, bf16=bf16, channels_last=cl, compile_model=comp)
+            for a, (size, b, _) in models.items()
+            for bf16, cl, comp in itertools.product([False, True], repeat=3)
+        ]
+        # the fast configuration again, fed by the data path (8 workers)
+        runs += [
             dict(
-                arch=arch,
-                input_size=size,
-                batch=batch,
-                bf16=bf16,
-                channels_last=cl,
-                compile_model=comp,
-                warmup=5,
-                repeats=repeats,
-                iters=10,
+                arch=a, input_size=size, batch=b, bf16=True, channels_last=True, compile_model=comp
             )
-            for (arch, size, batch), (bf16, cl, comp) in itertools.product(models, list(flags))
-        ] + [  # the fast configuration again, fed by the data path (8 workers)
-            dict(
-                arch=arch,
-                input_size=size,
-                batch=batch,
-                bf16=True,
-                channels_last=True,
-                compile_model=comp,
-                warmup=5,
-                repeats=repeats,
-                iters=10,
-                loader={"num_workers": 8, "augmentation": aug},
-            )
-            for (arch, size, batch), aug in zip(models, ["flip", "hsface"], strict=True)
+            | {"loader": {"num_workers": 8, "augmentation": aug}}
+            for a, (size, b, aug) in models.items()
             for comp in (False, True)
         ]
+        return [r | timing for r in runs]
     common = dict(bf16=False, compile_model=False, threads=threads)
     small = dict(arch="small", input_size=64, batch=128, warmup=2, repeats=repeats, iters=3)
     # IResNet-50 takes ~30 s per training step on two cores: one timed step each for training and
