@@ -142,6 +142,28 @@ def test_drgan_pipeline_trains_on_the_subset_with_its_yaw_labels(tiny_run):
     assert any(m.startswith("drgan.") for m in metrics)
 
 
+def test_elegant_pipelines_train_the_editor_and_edit_a_copy_of_the_synthetic_set(tiny_run):
+    project, _ = tiny_run
+    synthetic = project / "data/07_model_output/synthetic_dataset"
+    before = (synthetic / "manifest.parquet").read_bytes()
+    result = _kedro(project, "run", "--env", "tiny", "--pipelines", "elegant,elegant_edit")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    reporting = project / "data/08_reporting"
+    report = json.loads((reporting / "elegant_report.json").read_text())
+    assert Path(report["checkpoint"]).is_file() and report["attributes"] == ["smile", "glasses"]
+    assert (reporting / "elegant_interpolation.png").read_bytes()[:4] == b"\x89PNG"
+    edit = json.loads((reporting / "elegant_edit_report.json").read_text())
+    edited = pd.read_parquet(
+        project / "data/07_model_output/synthetic_dataset_elegant/manifest.parquet"
+    )
+    assert edit["edits"] == int(edited["edited"].sum()) > 0
+    assert set(edited.loc[edited["edited"], "edit_attribute"]) <= {"smile", "glasses"}
+    assert (synthetic / "manifest.parquet").read_bytes() == before  # originals untouched
+    with sqlite3.connect(project / "mlflow.db") as con:
+        metrics = {k for (k,) in con.execute("select key from metrics")}
+    assert "elegant_edit.success" in metrics and any(m.startswith("elegant.") for m in metrics)
+
+
 def test_mlflow_records_runs_with_params_and_metrics(tiny_run):
     project, _ = tiny_run
     db = project / "mlflow.db"

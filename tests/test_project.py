@@ -39,6 +39,12 @@ def test_pipelines_register(repo_root):
     assert {n.name for n in pipelines["ablation"].nodes} == {"run_recognizer_ablation"}
     assert "train_drgan" not in default_nodes
     assert {n.name for n in pipelines["drgan"].nodes} == {"train_drgan"}
+    assert {n.name for n in pipelines["elegant"].nodes} == {
+        "train_elegant_attribute_classifier",
+        "train_elegant",
+    }
+    assert {n.name for n in pipelines["elegant_edit"].nodes} == {"edit_synthetic_attributes"}
+    assert not {"train_elegant", "edit_synthetic_attributes"} & default_nodes
 
 
 @pytest.mark.parametrize("env", ["local", "paper"])
@@ -109,7 +115,7 @@ def test_dvc_lists_every_stage(repo_root):
         [str(dvc), "stage", "list"], cwd=repo_root, capture_output=True, text=True, check=True
     ).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.strip()}
-    assert listed >= STAGES | {"ablation", "drgan"}
+    assert listed >= STAGES | {"ablation", "drgan", "elegant", "elegant_edit"}
 
 
 def test_kedro_cli_accepts_legacy_pipeline_flag(repo_root):

@@ -19,6 +19,7 @@ from face_pipelines.synthesis.attrop import AttrOPConfig
 from face_pipelines.synthesis.plan import SampleConfig
 from face_pipelines.training.attributes import PoseConfig
 from face_pipelines.training.drgan import DRGANTrainConfig
+from face_pipelines.training.elegant import AttributeClassifierConfig, ELEGANTTrainConfig
 from face_pipelines.training.recognizer import RecognizerConfig
 from face_pipelines.training.vec2face import Vec2FaceTrainConfig
 
@@ -207,6 +208,48 @@ class DRGANParams(Strict):
 
 
 # --------------------------------------------------------------------------------------------------
+# elegant (opt-in pipelines elegant and elegant_edit)
+class ELEGANTEditParams(Strict):
+    fraction: float = Field(
+        0.2, ge=0, le=1, description="fraction of the synthetic images that get one edit"
+    )
+    attributes: list[str] | None = Field(
+        None, description="attributes to transfer (None = every trained attribute), cycled"
+    )
+    overwrite_originals: bool = Field(
+        False,
+        description="replace the edited images inside the synthetic dataset instead of writing "
+        "an edited copy to elegant_edited_dir",
+    )
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of edited images")
+    batch_size: int = Field(128, gt=0, description="images edited per batch")
+    seed: int = Field(0, description="seed of the image, attribute and exemplar draws")
+
+
+class ELEGANTParams(Strict):
+    classifier: AttributeClassifierConfig = Field(
+        default_factory=AttributeClassifierConfig,
+        description="attribute classifier that measures edit success",
+    )
+    train: ELEGANTTrainConfig = Field(
+        default_factory=ELEGANTTrainConfig, description="ELEGANT attribute editor recipe"
+    )
+    edit: ELEGANTEditParams = Field(
+        default_factory=ELEGANTEditParams, description="edit step for the synthetic dataset"
+    )
+
+    @model_validator(mode="after")
+    def _check_edit_attributes(self):
+        unknown = [a for a in self.edit.attributes or [] if a not in self.train.attributes]
+        if unknown:
+            raise ValueError(
+                f"edit.attributes names {unknown}, which are not in train.attributes "
+                f"{self.train.attributes}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------------
 # sample / render
 class SampleParams(Strict):
     config: SampleConfig = Field(default_factory=SampleConfig, description="sampling recipe")
@@ -235,6 +278,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "evaluate": EvaluateParams,
     "ablation": AblationParams,
     "drgan": DRGANParams,
+    "elegant": ELEGANTParams,
 }
 
 

@@ -5,6 +5,7 @@ from kedro.pipeline import Pipeline
 from face_pipelines.pipelines import (
     ablation,
     drgan,
+    elegant,
     evaluate,
     recognizer,
     render,
@@ -31,6 +32,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipes: dict[str, Pipeline] = {name: modules[name].create_pipeline() for name in STAGES}
     pipes["ablation"] = ablation.create_pipeline()  # opt-in, not in __default__
     pipes["drgan"] = drgan.create_pipeline()  # opt-in, not in synth or __default__
+    pipes["elegant"] = elegant.create_pipeline()  # opt-in: attribute classifier + ELEGANT editor
+    pipes["elegant_edit"] = elegant.create_edit_pipeline()  # opt-in, after render and elegant
     pipes["synth"] = sum((pipes[n] for n in SYNTH), Pipeline([]))
     pipes["__default__"] = sum((pipes[n] for n in STAGES), Pipeline([]))
     return pipes

@@ -42,3 +42,38 @@ class PoseRegressor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x).mean(dim=(2, 3), keepdim=True)
         return self.head(h) * POSE_SCALE_DEG
+
+
+class AttributeClassifier(nn.Module):
+    """Small CNN: aligned face [B,3,H,W] in [-1,1] -> one logit per binary attribute [B, n].
+
+    Measures whether an attribute edit worked (ELEGANT), so it is trained on ground-truth labels
+    only and never enters an editor's loss. Two 3x3 convs per stage (the second strided) with
+    GroupNorm: glasses or a beard are local, finer details than head pose.
+
+    Args:
+        num_attributes: n, the number of logits.
+        widths: channels of the conv stages.
+    """
+
+    def __init__(self, num_attributes: int, widths: tuple[int, ...] | list[int] = (24, 48, 96)):
+        super().__init__()
+        layers, in_ch = [], 3
+        for w in widths:
+            w = int(w)
+            layers += [
+                nn.Conv2d(in_ch, w, 3, padding=1),
+                nn.GroupNorm(min(8, w), w),
+                nn.SiLU(inplace=True),
+                nn.Conv2d(w, w, 3, stride=2, padding=1),
+                nn.GroupNorm(min(8, w), w),
+                nn.SiLU(inplace=True),
+            ]
+            in_ch = w
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Linear(2 * in_ch, int(num_attributes))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        # Mean and max pooling: a small accessory shows up in the max long before the mean.
+        return self.head(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))

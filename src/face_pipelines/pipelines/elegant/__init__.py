@@ -1,0 +1,5 @@
+"""The elegant pipelines (opt-in): train the ELEGANT attribute editor; edit a synthetic dataset."""
+
+from .pipeline import create_edit_pipeline, create_pipeline
+
+__all__ = ["create_edit_pipeline", "create_pipeline"]

@@ -1,0 +1,269 @@
+"""ELEGANT training and editing: pair batches, loss directions, exact resume after a kill, the
+attribute classifier, transfer / interpolation helpers, and the dataset edit step (never overwrites
+originals unless asked, records every edit), with clear errors for bad labels and parameters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from face_pipelines.errors import DataError, ParameterError
+from face_pipelines.io.packed import PackedImages
+from face_pipelines.models.elegant import ELEGANTConfig, ELEGANTGenerator
+from face_pipelines.params import validate_section
+from face_pipelines.pipelines.elegant.nodes import subset_attribute_labels
+from face_pipelines.training.elegant import (
+    AttributeClassifierConfig,
+    AttributePairDataset,
+    ELEGANTTrainConfig,
+    attribute_labels,
+    discriminator_loss,
+    edit_dataset,
+    generator_loss,
+    interpolation_grid,
+    load_attribute_classifier,
+    load_elegant,
+    train_attribute_classifier,
+    train_elegant,
+    transfer_attribute,
+)
+
+from .helpers import Stop, make_packed, recorder
+
+ATTRS = ["dark", "odd"]
+MODEL = {"channels": [8, 16], "slot_channels": 4, "disc_channels": [8]}
+CFG = ELEGANTTrainConfig(
+    attributes=ATTRS,
+    model=MODEL,
+    epochs=3,
+    steps_per_epoch=3,
+    batch_size=4,
+    lr=2e-3,
+    lr_d=2e-3,
+    log_every=1,
+    eval_pairs=4,
+    grid_steps=3,
+)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # Tiny nets: thread start-up costs more than it saves, and another job may share the CPU.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    return make_packed(tmp_path_factory.mktemp("elegant") / "packed", n=48, size=16, classes=4)
+
+
+@pytest.fixture(scope="module")
+def labels(packed):
+    cls = PackedImages(packed).labels
+    return np.stack([cls >= 2, cls % 2 == 1], 1).astype(np.float32)
+
+
+def test_pair_batches_train_one_attribute_each_and_cycle(packed, labels):
+    p = PackedImages(packed)
+    ds = AttributePairDataset(p, labels, batch_size=4, length=16)
+    items = ds.__getitems__([(k, 100 + k) for k in range(16)])
+    assert [it[4] for it in items] == [0] * 4 + [1] * 4 + [0] * 4 + [1] * 4
+    for a, b, y_a, y_b, i in items:
+        assert y_a[i] == 1 and y_b[i] == 0  # A has attribute i, B lacks it
+        assert a.shape == b.shape == (3, 16, 16) and a.dtype == torch.uint8
+    assert torch.equal(ds.__getitems__([(5, 105)])[0][0], items[5][0])  # seeded: same pair
+    no_positive = labels.copy()
+    no_positive[:, 1] = 0
+    with pytest.raises(DataError, match="slot 1 has 0 images with it"):
+        AttributePairDataset(p, no_positive, 4, 16)
+
+
+class _ConstantDisc(nn.Module):
+    """Scores every image `value` at both scales (to check the loss directions)."""
+
+    def __init__(self, value: float):
+        super().__init__()
+        self.value = value
+
+    def forward(self, x, labels):
+        return [torch.full((len(x), 1, 2, 2), self.value)] * 2
+
+
+def test_loss_directions_and_finite():
+    x = torch.zeros(2, 3, 8, 8)
+    y_a, y_b = torch.tensor([[1.0, 0], [1, 1]]), torch.tensor([[0.0, 1], [0, 0]])
+    fooled = discriminator_loss(_ConstantDisc(1.0), x, x, x, x, y_a, y_b, 0)
+    sharp = discriminator_loss(_ConstantDisc(0.0), x, x, x, x, y_a, y_b, 0)
+    assert fooled["d_real"] == 0 and fooled["d_fake"] == 1 and fooled["d_mismatch"] == 1
+    assert sharp["d_real"] == 1 and sharp["d_fake"] == 0
+    no_mismatch = discriminator_loss(_ConstantDisc(1.0), x, x, x, x, y_a, y_b, 0, 0.0)
+    assert "d_mismatch" not in no_mismatch and no_mismatch["d_loss"] == 1
+    g = generator_loss(_ConstantDisc(1.0), x, x, x + 0.5, x, x, x, y_a, y_b, 0, recon_weight=2.0)
+    assert g["g_adv"] == 0 and g["g_recon"] == pytest.approx(0.25)
+    assert g["g_loss"] == pytest.approx(0.5)
+    for terms in (fooled, sharp, g):
+        assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_training_resumes_exactly_after_a_kill(packed, labels, tmp_path):
+    ref: dict = {}
+    report = train_elegant(packed, labels, tmp_path / "a", CFG, "cpu", False, recorder(ref))
+    steps = sorted(k for k in ref if isinstance(k, int))
+    assert steps == list(range(1, 10))  # 3 epochs x 3 batches
+    assert [ref[s]["attribute"] for s in steps[:3]] == [0, 1, 0]  # one attribute per iteration
+    assert all(np.isfinite(v) for s in steps for v in ref[s].values())
+    assert {"eval/dark/pixel_change", "eval/odd/pixel_change"} <= set(ref["epoch3"])
+    assert len(report["grids"]) == 2
+    # 3x3 grid plus a header row of 4 (source + 3 exemplars): 4 columns, 4 rows of 16 px + 2 px pad
+    assert Image.open(report["grids"][0]).size == (2 + 4 * 18, 2 + 4 * 18)
+
+    partial: dict = {}
+    with pytest.raises(Stop):
+        train_elegant(packed, labels, tmp_path / "b", CFG, "cpu", False, recorder(partial, 5))
+    assert not (tmp_path / "b" / "model.pt").exists()  # an interrupted run never looks finished
+    resumed: dict = {}
+    train_elegant(packed, labels, tmp_path / "b", CFG, "cpu", False, recorder(resumed))
+    assert sorted(k for k in resumed if isinstance(k, int)) == list(range(4, 10))
+    for step in range(4, 10):
+        for key in ("d_loss", "g_loss", "g_recon", "attribute"):
+            assert resumed[step][key] == pytest.approx(ref[step][key], abs=1e-6), (step, key)
+    gen_a, attrs = load_elegant(tmp_path / "a" / "model.pt")
+    gen_b, _ = load_elegant(tmp_path / "b" / "model.pt")
+    assert attrs == ATTRS
+    for (name, wa), wb in zip(gen_a.state_dict().items(), gen_b.state_dict().values(), strict=True):
+        torch.testing.assert_close(wa, wb, atol=1e-6, rtol=0, msg=name)
+
+
+def test_transfer_and_interpolation_helpers(packed):
+    torch.manual_seed(0)
+    gen = ELEGANTGenerator(ELEGANTConfig(image_size=16, num_attributes=2, **MODEL))
+    images, _ = PackedImages(packed).get_batch(np.arange(6))
+    same = transfer_attribute(gen, images[:3], images[3:], 1, strength=0.0)
+    gen.eval()
+    with torch.no_grad():
+        x = torch.from_numpy(images[:3]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        recon = ((gen(x).clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(same, recon)  # strength 0 = the image's own slot
+    edited = transfer_attribute(gen, images[:3], images[3:4], 1)  # one exemplar for all
+    assert edited.shape == (3, 16, 16, 3) and not np.array_equal(edited, same)
+    with pytest.raises(DataError, match="2 exemplars for 3 images"):
+        transfer_attribute(gen, images[:3], images[3:5], 1)
+    grid = interpolation_grid(gen, images[:1], images[3:6], 0, steps=3)
+    assert grid.shape == (2 + 4 * 18, 2 + 4 * 18, 3)
+    np.testing.assert_array_equal(grid[2:18, 2:18], images[0])  # header starts with the source
+    with pytest.raises(DataError, match="3 exemplars"):
+        interpolation_grid(gen, images[:1], images[3:5], 0)
+
+
+def test_attribute_classifier_learns_the_labels(packed, labels, tmp_path):
+    cfg = AttributeClassifierConfig(widths=[8], epochs=4, batch_size=8, lr=1e-2)
+    report = train_attribute_classifier(packed, labels, ATTRS, tmp_path, cfg, "cpu", False)
+    model, attrs = load_attribute_classifier(report["checkpoint"])
+    assert attrs == ATTRS and set(report["heldout"]) == set(ATTRS)
+    # Held-out identities: 10% of 4 rounds to 0, so it reports on the training images.
+    assert report["heldout"]["dark"]["accuracy"] >= 0.75
+
+
+def test_labels_name_the_file_and_the_parameter(packed, labels):
+    p = PackedImages(packed)
+    manifest = pd.DataFrame({"identity": p.labels, "dark": labels[:, 0] == 1, "odd": labels[:, 1]})
+    np.testing.assert_array_equal(subset_attribute_labels(manifest, p, ATTRS), labels)
+    with pytest.raises(ParameterError, match=r"elegant.train.attributes names \['glasses'\].*"):
+        subset_attribute_labels(manifest, p, ["dark", "glasses"])
+    with pytest.raises(
+        ParameterError, match=r"\['odd'\], which subset_packed.*columns there: \['dark'\]"
+    ):
+        subset_attribute_labels(manifest.drop(columns="odd"), p, ATTRS)
+    holes = manifest.astype({"odd": float})
+    holes.loc[7, "odd"] = np.nan
+    with pytest.raises(DataError, match="column 'odd' must be boolean.*row 7"):
+        attribute_labels(holes, ATTRS, "m.parquet", "p")
+    with pytest.raises(DataError, match="47 rows"):
+        subset_attribute_labels(manifest.iloc[:-1], p, ATTRS)
+
+
+def test_bad_parameters_are_refused_with_the_key():
+    with pytest.raises(ParameterError, match=r"elegant\.train: .*model\.image_size is set"):
+        validate_section("elegant", {"train": {"model": {"image_size": 64}}})
+    with pytest.raises(ParameterError, match=r"edit.attributes names \['moustache'\]"):
+        validate_section("elegant", {"edit": {"attributes": ["moustache"]}})
+    with pytest.raises(ParameterError, match=r"elegant\.edit\.fraction"):
+        validate_section("elegant", {"edit": {"fraction": 1.5}})
+    with pytest.raises(ParameterError, match="no 'rest' channels"):
+        validate_section("elegant", {"train": {"model": {"slot_channels": 64}}})
+
+
+class _ConstantClassifier(nn.Module):
+    """Says no image has any attribute (logit -5 for each of n)."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x):
+        return torch.full((len(x), self.n), -5.0)
+
+
+def _synthetic_dataset(root, n_ids=4, per_id=3, size=16):
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n_ids):
+        (root / f"{i:06d}").mkdir(parents=True)
+        for k in range(per_id):
+            rel = f"{i:06d}/{k:03d}.jpg"
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / rel)
+            rows.append({"path": rel, "identity": i, "index": k})
+    manifest = pd.DataFrame(rows)
+    manifest.to_parquet(root / "manifest.parquet", index=False)
+    return manifest
+
+
+def test_edit_step_writes_a_copy_records_edits_and_keeps_originals(packed, labels, tmp_path):
+    src = tmp_path / "synthetic"
+    manifest = _synthetic_dataset(src)
+    before = {p: p.read_bytes() for p in src.rglob("*") if p.is_file()}
+    torch.manual_seed(0)
+    gen = ELEGANTGenerator(ELEGANTConfig(image_size=16, num_attributes=2, **MODEL))
+    judge = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+    args = (gen, ATTRS, ATTRS, PackedImages(packed), labels, _ConstantClassifier(2), judge)
+    out, report = edit_dataset(src, manifest, tmp_path / "edited", *args, fraction=0.5, seed=1)
+    assert {p: p.read_bytes() for p in src.rglob("*") if p.is_file()} == before  # untouched
+    edited_root = tmp_path / "edited"
+    assert (edited_root / "_COMPLETE").exists()
+    saved = pd.read_parquet(edited_root / "manifest.parquet")
+    assert len(saved) == 12 and int(saved["edited"].sum()) == 6 == report["edits"]
+    assert sorted(saved.loc[saved["edited"], "edit_attribute"].value_counts().tolist()) == [3, 3]
+    e = saved[saved["edited"]]
+    assert (labels[e["edit_exemplar"].to_numpy(), 0][e["edit_attribute"] == "dark"] == 1).all()
+    assert (labels[e["edit_exemplar"].to_numpy(), 1][e["edit_attribute"] == "odd"] == 1).all()
+    ex_ids = PackedImages(packed).labels[e["edit_exemplar"].to_numpy()]
+    np.testing.assert_array_equal(e["edit_exemplar_identity"].to_numpy(), ex_ids)
+    assert (
+        e["edit_judge_cos"].between(-1, 1).all()
+        and saved.loc[~saved["edited"], "edit_judge_cos"].isna().all()
+    )
+    for rel in saved.loc[~saved["edited"], "path"]:
+        assert (edited_root / rel).read_bytes() == before[src / rel]  # unedited: copied as is
+    for rel in e["path"]:
+        assert (edited_root / rel).read_bytes() != before[src / rel]
+    assert report["success"] == 0.0  # this classifier never sees an attribute
+    assert set(report["frequency"]) == set(ATTRS)
+    assert report["frequency"]["dark"]["real_labels"] == pytest.approx(0.5)
+
+    # In place only when asked; a second in-place edit is refused.
+    _, again = edit_dataset(src, manifest, src, *args, fraction=0.25, seed=1)
+    assert again["in_place"] and again["edits"] == 3
+    edited_manifest = pd.read_parquet(src / "manifest.parquet")
+    with pytest.raises(DataError, match="edited in place before"):
+        edit_dataset(src, edited_manifest, src, *args, fraction=0.25)
+    with pytest.raises(ParameterError, match=r"elegant.edit.attributes names \['hat'\]"):
+        edit_dataset(src, manifest, tmp_path / "x", gen, ATTRS, ["hat"], *args[3:], fraction=0.5)
+    with pytest.raises(DataError, match="no 'path' column"):
+        edit_dataset(src, manifest.drop(columns="path"), tmp_path / "x", *args, fraction=0.5)
