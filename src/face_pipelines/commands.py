@@ -4,7 +4,7 @@
         A, B: a rendered dataset folder, or rev:<git-rev> (the DVC-tracked synthetic dataset at that
         revision of --repo). Prints the side-by-side table; writes a markdown report with sample grids.
     face-pipelines compare [--experiment NAME] [--filter EXPR] [--tracking-uri URI] [--plot out.png]
-                           [--csv out.csv] [--param KEY ...] [--all]
+                           [--csv out.csv] [--markdown out.md] [--param KEY ...] [--all]
         MLflow runs: the parameters that differ between them vs verification accuracy.
 
 Bad input (not a dataset, unknown revision, no runs, ...) prints one message and exits with 2.
@@ -78,6 +78,9 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     cmp_.add_argument("--csv", default=None, help="write the table as CSV")
     cmp_.add_argument(
+        "--markdown", metavar="MD", default=None, help="write the table as a markdown file"
+    )
+    cmp_.add_argument(
         "--param",
         dest="params",
         metavar="KEY",
@@ -105,10 +108,11 @@ def _run_diff(args: argparse.Namespace) -> int:
 
 
 def _run_compare(args: argparse.Namespace) -> int:
-    from face_pipelines.io.atomic import atomic_path
+    from face_pipelines.io.atomic import atomic_path, write_text_atomic
     from face_pipelines.reporting.run_compare import (
         compare_runs,
         comparison_figure,
+        comparison_markdown,
         format_comparison,
     )
 
@@ -127,6 +131,11 @@ def _run_compare(args: argparse.Namespace) -> int:
         with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)
         print(f"csv: {path}")
+    if args.markdown:
+        path = Path(args.markdown)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, comparison_markdown(df) + "\n")
+        print(f"markdown: {path}")
     if args.plot:
         from face_pipelines.reporting.figures import plt
 

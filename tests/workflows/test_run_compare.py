@@ -18,12 +18,13 @@ from .conftest import TOPOFR_EXP
 TOPOFR = "params.recognizer.train.method = 'topofr'"
 
 
-def test_compare_lists_evaluated_runs_with_varying_params_plot_and_csv(
+def test_compare_lists_evaluated_runs_with_varying_params_plot_csv_and_markdown(
     tiny_project, tmp_path, capsys
 ):
     plot, csv = tmp_path / "out" / "compare.png", tmp_path / "out" / "compare.csv"
+    md = tmp_path / "out" / "compare.md"
     args = ["compare", "--tracking-uri", tiny_project.tracking_uri, "--plot", str(plot)]
-    assert main([*args, "--csv", str(csv)]) == 0
+    assert main([*args, "--csv", str(csv), "--markdown", str(md)]) == 0
     out = capsys.readouterr().out
     assert out.startswith("2 run(s) in experiment 'face_pipelines'")
     assert "arcface" in out and "topofr" in out and "synthetic.fw_lfw" in out
@@ -45,6 +46,15 @@ def test_compare_lists_evaluated_runs_with_varying_params_plot_and_csv(
             assert last[f"{rec}.{bench}"] == pytest.approx(res[bench]["accuracy"])
         assert last[f"{rec}.mean"] == pytest.approx(res["mean_accuracy"])
     assert last["synthetic_to_real_ratio"] == pytest.approx(table["synthetic_to_real_ratio"])
+
+    # The markdown table: a header, a separator and one row per run, cells as in the console.
+    lines = md.read_text().splitlines()
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert len(lines) == 2 + len(df) and set(lines[1]) <= set("|-")
+    assert header[:2] == ["run_id", "run_name"] and "synthetic.fw_lfw" in header
+    cells = [c.strip() for c in lines[-1].strip("|").split("|")]
+    assert cells[header.index("dvc_exp")] == TOPOFR_EXP
+    assert cells[header.index("synthetic.mean")] == f"{last['synthetic.mean']:.3f}"
 
     img = np.asarray(Image.open(plot))
     assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100

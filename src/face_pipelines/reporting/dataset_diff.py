@@ -364,7 +364,7 @@ class DatasetDiff:
             f"- **A**: `{self.a_label}`",
             f"- **B**: `{self.b_label}`",
             "",
-            _md_table(*self._table()),
+            markdown_table(*self._table()),
             "",
             *(f"- {note}" for note in self._check_notes()),
             "",
@@ -375,7 +375,7 @@ class DatasetDiff:
             "",
         ]
         if self.param_diffs:
-            out.append(_md_table(*self._param_table()))
+            out.append(markdown_table(*self._param_table()))
         else:
             out.append("None: both cards were made with the same parameters.")
         if grid_a or grid_b:
@@ -588,7 +588,8 @@ def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ") if text else " "
 
 
-def _md_table(header: list[str], rows: list[list[str]]) -> str:
+def markdown_table(header: list[str], rows: list[list[str]]) -> str:
+    """A GitHub markdown table (pipes in cells escaped, empty cells kept)."""
     lines = ["| " + " | ".join(_md_cell(h) for h in header) + " |"]
     lines.append("|" + "|".join("---" for _ in header) + "|")
     lines += ["| " + " | ".join(_md_cell(c) for c in r) + " |" for r in rows]

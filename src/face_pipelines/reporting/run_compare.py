@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_TRACKING_URI",
     "compare_runs",
     "comparison_figure",
+    "comparison_markdown",
     "format_comparison",
     "resolve_tracking_uri",
 ]
@@ -209,6 +210,19 @@ def compare_runs(
 
 def format_comparison(df: pd.DataFrame) -> str:
     """The comparison as a console table (short run ids, minutes, 3-decimal accuracies)."""
+    return _display(df).to_string(index=False, na_rep="-")
+
+
+def comparison_markdown(df: pd.DataFrame) -> str:
+    """The comparison as a markdown table (same cells as the console table), e.g. for docs."""
+    from face_pipelines.reporting.dataset_diff import markdown_table
+
+    show = _display(df).fillna("-").astype(str)
+    return markdown_table(list(show.columns), show.values.tolist())
+
+
+def _display(df: pd.DataFrame) -> pd.DataFrame:
+    """Cells as text: short run ids, minutes, %g for dataset measures, 3-decimal accuracies."""
     show = df.copy()
     show["run_id"] = show["run_id"].str[:8]
     if "start_time" in show:
@@ -222,7 +236,7 @@ def format_comparison(df: pd.DataFrame) -> str:
             and col not in df.attrs.get("dataset_columns", [])
         ):
             show[col] = show[col].map(lambda v: "-" if pd.isna(v) else f"{v:.3f}")
-    return show.to_string(index=False, na_rep="-")
+    return show
 
 
 def comparison_figure(df: pd.DataFrame, title: str | None = None):
