@@ -48,3 +48,7 @@ point b-ids-2x -S "$SAMPLE:sample.config.n_ids=1000"
 point d-quantile-010 -S "$SAMPLE:sample.config.calibration_quantile=0.1"
 point b-ids-4x -S "$SAMPLE:sample.config.n_ids=2000"
 git checkout -q -- conf/base
+
+# Every point's evaluate run, from MLflow: the table docs/study.md quotes, and its figure.
+face-pipelines compare --filter "tags.dvc_exp LIKE '%'" \
+  --markdown docs/study_runs.md --csv docs/study_runs.csv --plot docs/img/study_runs.png
