@@ -33,6 +33,7 @@ __all__ = [
     "DRGANConfig",
     "DRGANDiscriminator",
     "DRGANGenerator",
+    "drgan_encoder_backbone",
     "fuse_by_confidence",
     "pose_bin_centres",
     "yaw_to_pose_bin",
@@ -196,6 +197,17 @@ class DRGANEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """f only: the encoder is a recognizer (image -> embedding) wherever one is expected."""
         return self.encode(x)[0]
+
+
+def drgan_encoder_backbone(input_size: int = 64, num_features: int = 128, **model) -> DRGANEncoder:
+    """The DR-GAN encoder as a recognizer backbone (image -> f), built by name ('drgan_encoder')
+    from a recognizer-style checkpoint, so verification and evaluation load it like any other.
+
+    `model`: the remaining DRGANConfig fields (channels, convs_per_stage, multi_image, ...).
+    """
+    encoder = DRGANEncoder(DRGANConfig(image_size=input_size, feat_dim=num_features, **model))
+    encoder.num_features, encoder.input_size = num_features, input_size
+    return encoder
 
 
 class DRGANDecoder(nn.Module):

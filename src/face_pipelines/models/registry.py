@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from face_pipelines.errors import DataError, ParameterError
+from face_pipelines.models.drgan import drgan_encoder_backbone
 from face_pipelines.models.iresnet import iresnet18, iresnet34, iresnet50, iresnet100
 from face_pipelines.models.small import SmallFaceNet
 
@@ -23,6 +24,7 @@ BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "iresnet34": iresnet34,
     "iresnet50": iresnet50,
     "iresnet100": iresnet100,
+    "drgan_encoder": drgan_encoder_backbone,  # DR-GAN's identity encoder (evaluated as a recognizer)
 }
 
 # Prefixes added by wrappers when a wrapped model's state_dict is saved (DDP, torch.compile).
@@ -31,7 +33,7 @@ _SHOW = 5  # keys listed per category in an error message
 
 
 def build_backbone(arch: str, **kwargs) -> nn.Module:
-    """Build a backbone by name: 'small' or 'iresnet18/34/50/100'.
+    """Build a backbone by name: 'small', 'iresnet18/34/50/100' or 'drgan_encoder'.
 
     kwargs go to the constructor: `num_features` (embedding size; `embedding_dim` is accepted as
     an alias), `input_size` (pixels), `dropout`, and for 'small' `widths`, `blocks`, `stem_width`.

@@ -109,6 +109,20 @@ def build_dataset_card(
     return card
 
 
+def add_pose_code_measures(card: dict, pose_success: dict, judge: dict) -> dict:
+    """The card of a pose-code generator's set (DR-GAN): the common card plus per-pose-bin success
+    by the pose model (synthesis.pose_code.pose_bin_success) and identity kept by the judge.
+
+    No AttrOP runs for such a set, so the AttrOP check is replaced by the pose-bin check (hit rate
+    >= 0.8: the pose model puts at least 80% of the images in the bin they were generated for).
+    """
+    card = {**card, **pose_success, **judge}
+    checks = {k: v for k, v in card["checks"].items() if not k.startswith("attrop_")}
+    checks["pose_bin_hit_rate_at_least_0_8"] = pose_success["pose_bin_hit_rate"] >= 0.8
+    card["checks"] = checks
+    return card
+
+
 def card_figure(
     card: dict, syn_intra: np.ndarray | None = None, real_intra: np.ndarray | None = None
 ):
@@ -159,6 +173,18 @@ def card_summary(card: dict) -> str:
         lines.append(
             f"  AttrOP: {card['attrop_images']} images, yaw success (<=10 deg) "
             f"{card['attrop_yaw_success']:.3f}, mean steps {card['attrop_steps_mean']:.1f}"
+        )
+    if "pose_bin_hit_rate" in card:
+        per_bin = ", ".join(
+            "-" if r is None else f"{r:.2f}" for r in card["pose_bin_hit_rate_per_bin"]
+        )
+        lines.append(
+            f"  pose codes: hit rate {card['pose_bin_hit_rate']:.3f} (within one bin "
+            f"{card['pose_bin_within_one_rate']:.3f}); per bin: {per_bin}"
+        )
+    if "judge_identity_cos_mean" in card:
+        lines.append(
+            f"  judge identity cos (re-rendered real): {card['judge_identity_cos_mean']:.3f}"
         )
     failed = [k for k, ok in card["checks"].items() if not ok]
     lines.append("  checks: all passed" if not failed else f"  checks not met: {', '.join(failed)}")

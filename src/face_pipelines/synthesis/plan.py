@@ -3,6 +3,8 @@ AttrOP for. Combines sampling (centres, intra-class vectors) with attribute targ
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -46,8 +48,12 @@ class AttrOPTargets(BaseModel):
         return self
 
 
-class SampleConfig(BaseModel):
-    """Identity sampling and intra-class variation."""
+class CentreSamplingConfig(BaseModel):
+    """How many new identities, and how they are kept apart from each other and from real ones.
+
+    Shared by every generator's plan: Vec2Face samples in the teacher's feature space, DR-GAN in its
+    encoder's identity space (synthesis.pose_code); the sampling code is the same.
+    """
 
     model_config = ConfigDict(extra="forbid")
     n_ids: int | None = Field(
@@ -86,14 +92,74 @@ class SampleConfig(BaseModel):
         description="candidates with cosine >= this to any REAL identity centre "
         "are rejected as leaked identities (null = the separation threshold)",
     )
+    max_rounds: int = Field(50, gt=0, description="candidate rounds before giving up")
+    seed: int = Field(0, description="seed")
+
+
+class SampleConfig(CentreSamplingConfig):
+    """Identity sampling and intra-class variation."""
+
     sigma_mix: list[tuple[float, float]] = Field(
         [(0.3, 0.4), (0.5, 0.4), (0.7, 0.2)],
         description="(sigma, proportion) of intra-class noise; sigma relative to the real "
         "features' per-dimension std",
     )
     attrop: AttrOPTargets = Field(default_factory=AttrOPTargets)
-    max_rounds: int = Field(50, gt=0, description="candidate rounds before giving up")
-    seed: int = Field(0, description="seed")
+
+
+class SampledCentres(NamedTuple):
+    """What `sample_centres` returns: the kept centres and how they were chosen."""
+
+    centres: np.ndarray  # float32 [n_ids, D]
+    images_per_identity: int
+    report: dict  # the plan report's sampling part (threshold, leakage, counts)
+    rng: np.random.Generator  # the plan's generator, advanced past the centre draws
+
+
+def sample_centres(
+    features: np.ndarray, labels: np.ndarray, cfg: CentreSamplingConfig, **run
+) -> SampledCentres:
+    """Well-separated, non-leaking identity centres from a Gaussian fitted to the real centres of
+    `features` (any identity space: the teacher's, a DR-GAN encoder's).
+
+    `run`: device and progress, as sample_identity_centres takes them.
+    """
+    features = np.asarray(features, dtype=np.float32)
+    real_centres = identity_centres(features, labels)
+    n_real = len(real_centres)
+    n_ids = cfg.n_ids or n_real
+    k = cfg.images_per_identity or max(1, int(round(len(features) / n_real)))
+    threshold = cfg.threshold
+    calibrated = threshold is None
+    if calibrated:
+        threshold = calibrate_threshold(
+            real_centres, cfg.calibration_quantile, device=run.get("device", "cpu")
+        )
+    leak = cfg.leakage_threshold if cfg.leakage_threshold is not None else threshold
+    dist = fit_centre_distribution(real_centres, cfg.distribution, cfg.pca_components)
+    gen = np.random.default_rng(cfg.seed)
+    centres, sample_report = sample_identity_centres(
+        dist,
+        n_ids,
+        threshold,
+        real_centres=real_centres,
+        leakage_threshold=leak,
+        max_rounds=cfg.max_rounds,
+        generator=gen,
+        **run,
+    )
+    report = {
+        "real_identities": int(n_real),
+        "real_images": int(len(features)),
+        "synthetic_identities": int(n_ids),
+        "images_per_identity": int(k),
+        "threshold": float(threshold),
+        "threshold_calibrated": calibrated,
+        "calibration_quantile": cfg.calibration_quantile,
+        "leakage_threshold": float(leak),
+        "sampling": sample_report,
+    }
+    return SampledCentres(centres.astype(np.float32), int(k), report, gen)
 
 
 def make_identity_plan(
@@ -105,46 +171,20 @@ def make_identity_plan(
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
     """Sample identity centres and per-image vectors; returns (plan, vectors, centres, report)."""
     features = np.asarray(features, dtype=np.float32)
-    real_centres = identity_centres(features, labels)
-    n_real = len(real_centres)
-    n_ids = cfg.n_ids or n_real
-    k = cfg.images_per_identity or max(1, int(round(len(features) / n_real)))
-    threshold = cfg.threshold
-    calibrated = threshold is None
-    if calibrated:
-        threshold = calibrate_threshold(real_centres, cfg.calibration_quantile, device=device)
-    leak = cfg.leakage_threshold if cfg.leakage_threshold is not None else threshold
-    dist = fit_centre_distribution(real_centres, cfg.distribution, cfg.pca_components)
-    gen = np.random.default_rng(cfg.seed)
-    centres, sample_report = sample_identity_centres(
-        dist,
-        n_ids,
-        threshold,
-        real_centres=real_centres,
-        leakage_threshold=leak,
-        max_rounds=cfg.max_rounds,
-        device=device,
-        generator=gen,
-        progress=progress,
+    centres, k, report, gen = sample_centres(
+        features, labels, cfg, device=device, progress=progress
     )
     vectors, plan = intra_class_vectors(
         centres, k, [tuple(x) for x in cfg.sigma_mix], feature_std=features.std(0), generator=gen
     )
     plan = _add_attrop_targets(plan, cfg.attrop, np.linalg.norm(features, axis=1), gen)
     report = {
-        "real_identities": int(n_real),
-        "real_images": int(len(features)),
-        "synthetic_identities": int(n_ids),
-        "images_per_identity": int(k),
+        **{k_: v for k_, v in report.items() if k_ != "sampling"},
         "synthetic_images": int(len(plan)),
-        "threshold": float(threshold),
-        "threshold_calibrated": calibrated,
-        "calibration_quantile": cfg.calibration_quantile,
-        "leakage_threshold": float(leak),
-        "sampling": sample_report,
+        "sampling": report["sampling"],
         "attrop_images": int(plan["attrop"].sum()),
     }
-    return plan, vectors.astype(np.float32), centres.astype(np.float32), report
+    return plan, vectors.astype(np.float32), centres, report
 
 
 def _add_attrop_targets(

@@ -51,6 +51,7 @@ __all__ = [
     "SHARDS_DIR",
     "BatchEditor",
     "export_recordio",
+    "file_fingerprint",
     "image_relpath",
     "is_complete",
     "load_rendered_manifest",
@@ -247,6 +248,30 @@ def _as_uint8(images: Any, n: int, size: int, shard: int) -> np.ndarray:
     return images
 
 
+def _generate_plain(
+    generator: Any,
+    vectors: torch.Tensor,
+    rows: pd.DataFrame,
+    torch_gen: torch.Generator,
+    shard: int,
+) -> np.ndarray | torch.Tensor:
+    """No editor: the generator alone. A generator with `target_columns` (e.g. DR-GAN's pose bin)
+    gets those plan columns of the batch as `targets`; others get the vectors only (Vec2Face)."""
+    wanted = tuple(getattr(generator, "target_columns", ()) or ())
+    if not wanted:
+        return generate_images(generator, vectors, len(vectors), torch_gen)
+    missing = [c for c in wanted if c not in rows.columns]
+    if missing:
+        raise DataError(
+            f"shard {shard}: the {type(generator).__name__} generator renders from the plan "
+            f"column(s) {missing}, which the render plan lacks (it has {list(rows.columns)})"
+        )
+    with torch.no_grad():
+        return generator.generate(
+            vectors, generator=torch_gen, targets={c: rows[c].to_numpy() for c in wanted}
+        )
+
+
 def _render_shard(task: _ShardTask, state: _WorkerState) -> dict:
     t0 = time.perf_counter()
     root = Path(task.out_root)
@@ -266,7 +291,7 @@ def _render_shard(task: _ShardTask, state: _WorkerState) -> dict:
         v = torch.from_numpy(np.ascontiguousarray(task.vectors[start:stop], dtype=np.float32))
         v = v.to(state.device)
         if state.editor is None:
-            images = generate_images(state.generator, v, stop - start, torch_gen)
+            images = _generate_plain(state.generator, v, batch_rows, torch_gen, task.shard)
             columns: Mapping[str, Any] = {}
         else:
             images, columns = state.editor(
@@ -371,7 +396,9 @@ def render_dataset(
         vectors: [N, D] float vectors, row i for plan row i.
         make_generator: () -> image generator (see synthesis.attrop.ImageGenerator); picklable
             (e.g. functools.partial of a module-level function) when num_workers > 0. nn.Module
-            generators are moved to the device and put in eval mode.
+            generators are moved to the device and put in eval mode. A generator with a
+            `target_columns` attribute (synthesis.pose_code.PoseCodeGenerator: 'pose_bin') is
+            called as generate(vectors, generator=g, targets={column: [B] values of the plan}).
         out_root: dataset root.
         shard_identities: identities per shard (shard k = identities [k*S, (k+1)*S)).
         attrop: None (plain generation) or an editor called per batch as
@@ -592,6 +619,13 @@ def render_dataset(
         report["attrop_rows"] = int(len(ran))
         report["attrop_met_rate"] = float(ran.astype(bool).mean())
     return manifest, report
+
+
+def file_fingerprint(path: str | os.PathLike) -> str:
+    """name:size:mtime of a file (e.g. a generator checkpoint): cheap, and changes when it is
+    rewritten, so passing it as render_dataset's `fingerprint` re-renders after retraining."""
+    st = Path(path).stat()
+    return f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
 
 
 def _editor_fingerprint(editor: Any) -> str | None:

@@ -12,17 +12,14 @@ import numpy as np
 import pandas as pd
 
 from face_pipelines.io.atomic import write_text_atomic
-from face_pipelines.io.images import decode_image
-from face_pipelines.io.packed import PackedImages
 from face_pipelines.params import validate_section
-from face_pipelines.reporting.dataset_card import build_dataset_card, card_figure, card_summary
+from face_pipelines.reporting.dataset_card import card_figure, card_summary
 from face_pipelines.reporting.metrics import flat_metrics
+from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.attrop import AttrOPBatchEditor
 from face_pipelines.synthesis.factory import load_attrop_models, load_generator
-from face_pipelines.synthesis.render import export_recordio, load_rendered_manifest, render_dataset
-from face_pipelines.training.attributes import load_pose_regressor, predict_pose
+from face_pipelines.synthesis.render import export_recordio, file_fingerprint, render_dataset
 from face_pipelines.training.device import resolve_device
-from face_pipelines.training.recognizer import embed_images, load_recognizer
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +68,7 @@ def render_synthetic_dataset(
         seed=p.seed,
         progress=com.progress,
         jpeg_quality=p.jpeg_quality,
-        fingerprint=_file_fingerprint(ckpt),
+        fingerprint=file_fingerprint(ckpt),
     )
     if p.export_recordio:
         export_recordio(synthetic_dir, Path(synthetic_dir).with_suffix(".rec"))
@@ -83,18 +80,6 @@ def render_synthetic_dataset(
         "generator": ckpt,
     }
     return info, report
-
-
-def _file_fingerprint(path: str) -> str:
-    st = Path(path).stat()
-    return f"{Path(path).name}:{st.st_size}:{st.st_mtime_ns}"
-
-
-def _decode_all(root: Path, paths: list[str], size: int) -> np.ndarray:
-    out = np.empty((len(paths), size, size, 3), np.uint8)
-    for i, rel in enumerate(paths):
-        out[i] = decode_image((root / rel).read_bytes(), source=str(root / rel))
-    return out
 
 
 def make_dataset_card(
@@ -121,33 +106,17 @@ def make_dataset_card(
     com = validate_section("common", common)
     device = resolve_device(com.device)
     root = Path(synthetic_dataset_info["root"])
-    manifest = load_rendered_manifest(root)
-    images = _decode_all(root, manifest["path"].tolist(), synthetic_dataset_info["image_size"])
-    model, _ = load_recognizer(
-        teacher_summary["checkpoint"],
-        device,
-        **t.checkpoint_kwargs(),
-    )
-    syn_feats = embed_images(model, images, device)
-    pose = load_pose_regressor(pose_summary["checkpoint"], device)
-    syn_yaw = predict_pose(pose, images, device)[:, 0]
-    real = PackedImages(subset_packed_dir)
-    real_images, _ = real.get_batch(np.arange(len(real)))
-    real_yaw = predict_pose(pose, real_images, device)[:, 0]
-    manifest = manifest.assign(yaw_pred=syn_yaw)  # measured on the saved JPEGs
-    on_disk = sum(1 for _ in root.glob("*/*.jpg"))
-    card = build_dataset_card(
-        manifest,
-        syn_feats,
-        np.asarray(teacher_features),
+    card, _ = rendered_dataset_card(
+        root,
+        synthetic_dataset_info["image_size"],
+        (teacher_summary["checkpoint"], t.checkpoint_kwargs()),
+        pose_summary["checkpoint"],
+        subset_packed_dir,
+        teacher_features,
         subset_packed_manifest["identity"].to_numpy(),
-        sample_report["threshold"],
-        sample_report["leakage_threshold"],
-        syn_yaw,
-        real_yaw,
+        (sample_report["threshold"], sample_report["leakage_threshold"]),
         render_report,
-        on_disk,
-        device=str(device),
+        device,
     )
     card["parameters"] = {"sample": sample, "render": render, "vec2face": vec2face}
     write_text_atomic(root / "dataset_card.json", json.dumps(card, indent=2))
