@@ -142,6 +142,36 @@ def test_drgan_pipeline_trains_on_the_subset_with_its_yaw_labels(tiny_run):
     assert any(m.startswith("drgan.") for m in metrics)
 
 
+def test_drgan_synth_and_eval_render_a_separate_set_card_and_table(tiny_run):
+    project, _ = tiny_run
+    default_manifest = project / "data/07_model_output/synthetic_dataset/manifest.parquet"
+    before = default_manifest.read_bytes()
+    result = _kedro(project, "run", "--env", "tiny", "--pipelines", "drgan,drgan_synth,drgan_eval")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    root = project / "data/07_model_output/synthetic_dataset_drgan"
+    manifest = pd.read_parquet(root / "manifest.parquet")
+    files = {p.relative_to(root).as_posix() for p in root.glob("*/*.jpg")}
+    assert (root / "_COMPLETE").is_file() and set(manifest["path"]) == files
+    assert manifest["pose_bin"].between(0, 2).all() and manifest["pose_bin"].nunique() > 1
+    assert default_manifest.read_bytes() == before  # the default (Vec2Face) set is untouched
+    reporting = project / "data/08_reporting"
+    card = json.loads((reporting / "drgan_dataset_card.json").read_text())
+    assert card["images"] == card["images_on_disk"] == len(files)
+    assert len(card["pose_bin_hit_rate_per_bin"]) == 3
+    assert 0 <= card["pose_bin_hit_rate"] <= 1 and -1 <= card["judge_identity_cos_mean"] <= 1
+    assert "pose_bin_hit_rate_at_least_0_8" in card["checks"]
+    assert not any(k.startswith("attrop") for k in card["checks"])
+    table = json.loads((reporting / "drgan_verification.json").read_text())
+    assert set(table["results"]) == {"drgan_encoder", "drgan_set", "vec2face_set", "real"}
+    images = table["training_images"]
+    assert images["drgan_set"] == min(len(files), images["vec2face_set"])
+    assert "drgan_encoder" in (reporting / "drgan_verification.md").read_text()
+    with sqlite3.connect(project / "mlflow.db") as con:
+        metrics = {k for (k,) in con.execute("select key from metrics")}
+    assert "drgan_dataset_card.pose_bin_hit_rate" in metrics
+    assert "drgan_evaluate.drgan_encoder.fw_cfp" in metrics
+
+
 def test_elegant_pipelines_train_the_editor_and_edit_a_copy_of_the_synthetic_set(tiny_run):
     project, _ = tiny_run
     synthetic = project / "data/07_model_output/synthetic_dataset"

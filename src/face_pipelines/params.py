@@ -17,6 +17,7 @@ from face_pipelines.errors import ParameterError
 from face_pipelines.faceworld.config import FaceWorldConfig
 from face_pipelines.synthesis.attrop import AttrOPConfig
 from face_pipelines.synthesis.plan import SampleConfig
+from face_pipelines.synthesis.pose_code import PoseCodePlanConfig
 from face_pipelines.training.attributes import PoseConfig
 from face_pipelines.training.drgan import DRGANTrainConfig
 from face_pipelines.training.elegant import AttributeClassifierConfig, ELEGANTTrainConfig
@@ -201,9 +202,40 @@ class Vec2FaceParams(Strict):
 
 # --------------------------------------------------------------------------------------------------
 # drgan (opt-in pipeline)
+class RenderSettings(Strict):
+    """How a synthetic set is rendered, whichever the generator (render, drgan.synth)."""
+
+    shard_identities: int = Field(50, gt=0, description="identities per shard (unit of resume)")
+    batch_size: int = Field(64, gt=0, description="images generated per batch")
+    num_workers: int = Field(0, ge=0, description="render processes (0 = in-process)")
+    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the images")
+    seed: int = Field(
+        0, description="render seed (the generator's draws: Vec2Face masking, DR-GAN noise z)"
+    )
+
+
+class DRGANSynthParams(RenderSettings):
+    plan: PoseCodePlanConfig = Field(
+        default_factory=PoseCodePlanConfig,
+        description="identities sampled in the encoder's f space + pose codes per image",
+    )
+    judge_images: int = Field(
+        512, gt=0, description="real images re-rendered to measure identity kept by the judge"
+    )
+    match_vec2face_images: bool = Field(
+        True,
+        description="the recognizer on the DR-GAN set trains on as many images as the one on "
+        "the Vec2Face set (recognizer pipeline) - the equal-size comparison",
+    )
+
+
 class DRGANParams(Strict):
     train: DRGANTrainConfig = Field(
         default_factory=DRGANTrainConfig, description="DR-GAN pose-code generator recipe"
+    )
+    synth: DRGANSynthParams = Field(
+        default_factory=DRGANSynthParams,
+        description="DR-GAN synthetic set, its card and its recognizer (drgan_synth, drgan_eval)",
     )
 
 
@@ -255,15 +287,10 @@ class SampleParams(Strict):
     config: SampleConfig = Field(default_factory=SampleConfig, description="sampling recipe")
 
 
-class RenderParams(Strict):
-    shard_identities: int = Field(50, gt=0, description="identities per shard (unit of resume)")
-    batch_size: int = Field(64, gt=0, description="images generated per batch")
-    num_workers: int = Field(0, ge=0, description="render processes (0 = in-process)")
-    jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the images")
+class RenderParams(RenderSettings):
     attrop_enabled: bool = Field(True, description="run AttrOP on the plan's attrop rows")
     attrop: AttrOPConfig = Field(default_factory=AttrOPConfig, description="AttrOP settings")
     export_recordio: bool = Field(False, description="also write <dataset>.rec/.idx")
-    seed: int = Field(0, description="render seed (masking draws)")
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {

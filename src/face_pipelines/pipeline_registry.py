@@ -32,6 +32,8 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipes: dict[str, Pipeline] = {name: modules[name].create_pipeline() for name in STAGES}
     pipes["ablation"] = ablation.create_pipeline()  # opt-in, not in __default__
     pipes["drgan"] = drgan.create_pipeline()  # opt-in, not in synth or __default__
+    pipes["drgan_synth"] = drgan.create_synth_pipeline()  # opt-in: DR-GAN synthetic set + card
+    pipes["drgan_eval"] = drgan.create_eval_pipeline()  # opt-in: encoder + DR-GAN-set recognizer
     pipes["elegant"] = elegant.create_pipeline()  # opt-in: attribute classifier + ELEGANT editor
     pipes["elegant_edit"] = elegant.create_edit_pipeline()  # opt-in, after render and elegant
     pipes["synth"] = sum((pipes[n] for n in SYNTH), Pipeline([]))
