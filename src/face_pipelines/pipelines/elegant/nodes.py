@@ -101,6 +101,8 @@ def train_attribute_editor(
     )
     report["classifier"] = elegant_classifier_report
     report["judge"] = judge_summary["checkpoint"]
+    # One block per attribute, top to bottom: a header row (source | 3 exemplars), then the grid
+    # whose corners take the attribute slot from the source and the exemplars (blends between).
     grids = [np.asarray(Image.open(g).convert("RGB")) for g in report["grids"]]
     width = max(g.shape[1] for g in grids)
     grids = [
@@ -108,9 +110,7 @@ def train_attribute_editor(
     ]
     fig = image_figure(
         np.concatenate(grids),
-        "ELEGANT exemplar interpolation, one block per attribute ("
-        + ", ".join(p.train.attributes)
-        + "): header = source | 3 exemplars; grid corners = source / exemplar slots",
+        "ELEGANT grids: " + ", ".join(p.train.attributes),
     )
     metrics = hist.as_mlflow() | flat_metrics(report["edits_of_real_pairs"], prefix="final")
     return report, fig, metrics
