@@ -16,6 +16,7 @@ from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.models.drgan import DRGANConfig, DRGANGenerator
 from face_pipelines.params import validate_section
+from face_pipelines.reporting.dataset_card import add_pose_code_measures
 from face_pipelines.reporting.rendered import decode_rendered
 from face_pipelines.synthesis.factory import load_generator
 from face_pipelines.synthesis.pose_code import (
@@ -220,3 +221,18 @@ def test_encoder_loads_as_a_recognizer(drgan_ckpt, tmp_path):
     np.testing.assert_allclose(
         embed_images(model, images, "cpu"), embed_images(_drgan().encoder, images, "cpu"), atol=1e-6
     )
+
+
+def test_card_replaces_the_attrop_check_with_the_pose_bin_check_and_reports_the_ceiling():
+    card = {"checks": {"attrop_yaw_success_at_least_0_9": False, "images_on_disk_equal_card": True}}
+    generated = pose_bin_success(np.array([0, 1, 2, 2]), np.array([-60, 0, 60, 0.0]), CENTRES_DEG)
+    real = pose_bin_success(np.array([0, 1, 1, 2]), np.array([-60, 0, 0, 0.0]), CENTRES_DEG)
+    out = add_pose_code_measures(card, generated, {"judge_identity_cos_mean": 0.5}, real)
+    assert out["checks"] == {
+        "images_on_disk_equal_card": True,
+        "pose_bin_hit_rate_at_least_0_8": False,  # 3 of 4
+    }
+    assert out["pose_bin_hit_rate"] == 0.75 and out["judge_identity_cos_mean"] == 0.5
+    assert out["pose_bin_hit_rate_real"] == 0.75  # real images weighted by how common a bin is
+    assert out["pose_bin_hit_rate_real_uniform"] == pytest.approx(2 / 3)  # bins weighted equally
+    assert "attrop_yaw_success_at_least_0_9" in card["checks"]  # the input card is not modified

@@ -109,14 +109,24 @@ def build_dataset_card(
     return card
 
 
-def add_pose_code_measures(card: dict, pose_success: dict, judge: dict) -> dict:
+def add_pose_code_measures(
+    card: dict, pose_success: dict, judge: dict, real_pose_success: dict | None = None
+) -> dict:
     """The card of a pose-code generator's set (DR-GAN): the common card plus per-pose-bin success
     by the pose model (synthesis.pose_code.pose_bin_success) and identity kept by the judge.
 
     No AttrOP runs for such a set, so the AttrOP check is replaced by the pose-bin check (hit rate
     >= 0.8: the pose model puts at least 80% of the images in the bin they were generated for).
+    `real_pose_success`: the same measure on real images with ground-truth bins - the pose model's
+    own resolution, a ceiling for the generated set - as pose_bin_hit_rate_real (and per bin), and
+    pose_bin_hit_rate_real_uniform, its per-bin mean (the ceiling for bins used equally often).
     """
     card = {**card, **pose_success, **judge}
+    if real_pose_success is not None:
+        per_bin = [r for r in real_pose_success["pose_bin_hit_rate_per_bin"] if r is not None]
+        card["pose_bin_hit_rate_real"] = real_pose_success["pose_bin_hit_rate"]
+        card["pose_bin_hit_rate_per_bin_real"] = real_pose_success["pose_bin_hit_rate_per_bin"]
+        card["pose_bin_hit_rate_real_uniform"] = float(np.mean(per_bin))
     checks = {k: v for k, v in card["checks"].items() if not k.startswith("attrop_")}
     checks["pose_bin_hit_rate_at_least_0_8"] = pose_success["pose_bin_hit_rate"] >= 0.8
     card["checks"] = checks
@@ -182,6 +192,11 @@ def card_summary(card: dict) -> str:
             f"  pose codes: hit rate {card['pose_bin_hit_rate']:.3f} (within one bin "
             f"{card['pose_bin_within_one_rate']:.3f}); per bin: {per_bin}"
         )
+        if "pose_bin_hit_rate_real" in card:
+            lines.append(
+                f"  pose model on real images: hit rate {card['pose_bin_hit_rate_real']:.3f} "
+                f"(per-bin mean {card['pose_bin_hit_rate_real_uniform']:.3f})"
+            )
     if "judge_identity_cos_mean" in card:
         lines.append(
             f"  judge identity cos (re-rendered real): {card['judge_identity_cos_mean']:.3f}"

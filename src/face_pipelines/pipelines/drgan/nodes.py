@@ -22,6 +22,7 @@ from face_pipelines.metrics.benchmarks import (
     verification_table,
 )
 from face_pipelines.metrics.separability import intra_class_cosines
+from face_pipelines.models.drgan import yaw_to_pose_bin
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.dataset_card import (
     add_pose_code_measures,
@@ -235,12 +236,21 @@ def make_pose_code_dataset_card(
     judged["judge_intra_class_cos_mean"] = float(
         intra_class_cosines(judge_feats, m.manifest["identity"].to_numpy()).mean()
     )
+    centres = np.asarray(drgan_report["pose_bin_centres_deg"])
+    real_success = None
+    if "yaw" in subset_packed_manifest.columns:  # FaceWorld: ground-truth yaw of the real images
+        real_bins = yaw_to_pose_bin(
+            subset_packed_manifest["yaw"].to_numpy(np.float64),
+            len(centres),
+            centres[0],
+            centres[-1],
+        )
+        real_success = pose_bin_success(real_bins, m.real_yaw, centres)
     card = add_pose_code_measures(
         card,
-        pose_bin_success(
-            m.manifest["pose_bin"].to_numpy(), m.yaw, drgan_report["pose_bin_centres_deg"]
-        ),
+        pose_bin_success(m.manifest["pose_bin"].to_numpy(), m.yaw, centres),
         judged,
+        real_success,
     )
     card["generator"] = "drgan"
     card["generator_images_per_second"] = drgan_report.get("generate_images_per_s")
