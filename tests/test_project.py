@@ -138,3 +138,25 @@ def test_settings_turn_on_mlflow_system_metrics_unless_overridden():
     env["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
     assert out.stdout.split() == ["false", "10"], out.stderr[-2000:]
+
+
+def test_settings_make_openmp_waits_passive_before_torch_loads_unless_overridden():
+    # The policy is read when torch's OpenMP runtime loads: record its value at torch's import.
+    code = """
+import os, sys
+seen = []
+class Spy:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" and not seen:
+            seen.append(os.environ.get("OMP_WAIT_POLICY", "unset"))
+sys.meta_path.insert(0, Spy())
+import face_pipelines.settings
+import torch
+print(seen[0])
+"""
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["PASSIVE"], out.stderr[-2000:]
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.stdout.split() == ["ACTIVE"], out.stderr[-2000:]

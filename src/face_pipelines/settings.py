@@ -15,6 +15,13 @@ os.environ.setdefault("DVC_NO_ANALYTICS", "1")
 # environment to change it (MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING=false turns it off).
 os.environ.setdefault("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true")
 os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "10")
+# OpenMP threads that wait at a barrier sleep instead of spinning. torch's CPU kernels use OpenMP;
+# with the default (spinning) policy a 2-thread process on a 2-core machine that also runs anything
+# else (a second pipeline, a test suite, a browser) loses most of its time to threads spinning while
+# the other is descheduled: small-backbone training measured 49 img/s spinning vs 599 img/s passive
+# at load ~10 (benchmarks/results/omp_wait_policy.json). Must be set before torch is imported, which
+# is why it lives here; set OMP_WAIT_POLICY=ACTIVE to get spinning back on a dedicated machine.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from kedro.config import OmegaConfigLoader  # noqa: E402
 
