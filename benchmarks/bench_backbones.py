@@ -271,6 +271,7 @@ def main() -> None:
         "python": platform.python_version(),
         "cpu_count": os.cpu_count(),
         "threads": args.threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "unset (spinning)"),
         "config": {
             "num_classes_head": NUM_CLASSES,
             "optimizer": "SGD(momentum=0.9, wd=5e-4)",
