@@ -159,3 +159,17 @@ def test_dataset_provenance_keeps_numbers_and_recipe_knobs_only():
         "attrop_enabled": 0.0,
     }
     assert dataset_provenance({}) == {}
+
+
+def test_comparison_figure_labels_runs_by_their_dvc_experiment(tiny_project):
+    from face_pipelines.reporting.figures import plt
+    from face_pipelines.reporting.run_compare import comparison_figure
+
+    df = compare_runs(tracking_uri=tiny_project.tracking_uri)
+    fig = comparison_figure(df)
+    try:
+        labels = [t.get_text().split("\n")[0] for t in fig.axes[0].get_xticklabels()]
+    finally:
+        plt.close(fig)
+    # The run made under `dvc exp run --name` is labelled by it; the other by its run name.
+    assert labels == [df["run_name"].iloc[0], TOPOFR_EXP]

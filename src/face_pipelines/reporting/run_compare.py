@@ -265,9 +265,11 @@ def comparison_figure(df: pd.DataFrame, title: str | None = None):
         for xi, r in zip(x, df[RATIO], strict=True):
             if pd.notna(r):
                 ax.text(xi, 1.02, f"ratio {r:.2f}", ha="center", va="bottom", fontsize=8)
-    labels = [
-        f"{name or '?'}\n{rid[:8]}" for name, rid in zip(df["run_name"], df["run_id"], strict=True)
-    ]
+    # A DVC experiment name says what the run was; the run name (the pipelines) is the fallback.
+    names = df["run_name"]
+    if "dvc_exp" in df:
+        names = df["dvc_exp"].where(df["dvc_exp"].notna(), df["run_name"])
+    labels = [f"{name or '?'}\n{rid[:8]}" for name, rid in zip(names, df["run_id"], strict=True)]
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylim(0, 1.12)
     ax.set_ylabel("verification accuracy")
