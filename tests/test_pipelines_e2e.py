@@ -172,11 +172,13 @@ def test_drgan_synth_and_eval_render_a_separate_set_card_and_table(tiny_run):
     assert "drgan_evaluate.drgan_encoder.fw_cfp" in metrics
 
 
-def test_elegant_pipelines_train_the_editor_and_edit_a_copy_of_the_synthetic_set(tiny_run):
+def test_elegant_pipelines_train_edit_a_copy_card_it_and_verify_its_recognizer(tiny_run):
     project, _ = tiny_run
     synthetic = project / "data/07_model_output/synthetic_dataset"
     before = (synthetic / "manifest.parquet").read_bytes()
-    result = _kedro(project, "run", "--env", "tiny", "--pipelines", "elegant,elegant_edit")
+    result = _kedro(
+        project, "run", "--env", "tiny", "--pipelines", "elegant,elegant_edit,elegant_eval"
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     reporting = project / "data/08_reporting"
     report = json.loads((reporting / "elegant_report.json").read_text())
@@ -189,9 +191,29 @@ def test_elegant_pipelines_train_the_editor_and_edit_a_copy_of_the_synthetic_set
     assert edit["edits"] == int(edited["edited"].sum()) > 0
     assert set(edited.loc[edited["edited"], "edit_attribute"]) <= {"smile", "glasses"}
     assert (synthetic / "manifest.parquet").read_bytes() == before  # originals untouched
+    # The edited copy's card: the source card plus the edits' success, identity and frequencies.
+    source_card = json.loads((reporting / "dataset_card.json").read_text())
+    card = json.loads((reporting / "elegant_dataset_card.json").read_text())
+    assert card["images"] == source_card["images"] == len(edited)
+    edits = card["attribute_edits"]
+    assert edits["edits"] == edit["edits"] and edits["success"] == edit["success"]
+    assert set(edits["frequency"]) == {"smile", "glasses"}
+    assert set(edits["classifier"]["heldout_balanced_accuracy"]) == {"smile", "glasses"}
+    # elegant_eval: the edited set's recognizer on the recognizer plan's images, next to the
+    # unedited set's (same count, same selection) and the real one.
+    table = json.loads((reporting / "elegant_verification.json").read_text())
+    assert set(table["results"]) == {"edited_set", "unedited_set", "real"}
+    assert table["training_images"]["edited_set"] == table["training_images"]["unedited_set"]
+    ratio = (
+        table["results"]["edited_set"]["mean_accuracy"]
+        / (table["results"]["unedited_set"]["mean_accuracy"])
+    )
+    assert table["edited_to_unedited_ratio"] == pytest.approx(ratio)
+    assert "edited_to_unedited_ratio" in (reporting / "elegant_verification.md").read_text()
     with sqlite3.connect(project / "mlflow.db") as con:
         metrics = {k for (k,) in con.execute("select key from metrics")}
     assert "elegant_edit.success" in metrics and any(m.startswith("elegant.") for m in metrics)
+    assert "elegant_evaluate.edited_to_unedited_ratio" in metrics
 
 
 def test_mlflow_records_runs_with_params_and_metrics(tiny_run):

@@ -44,7 +44,14 @@ def test_pipelines_register(repo_root):
         "train_elegant",
     }
     assert {n.name for n in pipelines["elegant_edit"].nodes} == {"edit_synthetic_attributes"}
-    assert not {"train_elegant", "edit_synthetic_attributes"} & default_nodes
+    assert {n.name for n in pipelines["elegant_eval"].nodes} == {
+        "build_elegant_training_set",
+        "train_elegant_set_recognizer",
+        "evaluate_elegant_recognizers",
+    }
+    assert not {"train_elegant", "edit_synthetic_attributes", "train_elegant_set_recognizer"} & (
+        default_nodes
+    )
 
 
 @pytest.mark.parametrize("env", ["local", "paper"])
@@ -115,7 +122,7 @@ def test_dvc_lists_every_stage(repo_root):
         [str(dvc), "stage", "list"], cwd=repo_root, capture_output=True, text=True, check=True
     ).stdout
     listed = {line.split()[0] for line in out.splitlines() if line.strip()}
-    assert listed >= STAGES | {"ablation", "drgan", "elegant", "elegant_edit"}
+    assert listed >= STAGES | {"ablation", "drgan", "elegant", "elegant_edit", "elegant_eval"}
 
 
 def test_kedro_cli_accepts_legacy_pipeline_flag(repo_root):

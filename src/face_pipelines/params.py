@@ -259,6 +259,12 @@ class ELEGANTEditParams(Strict):
 
 
 class ELEGANTParams(Strict):
+    labels_path: str | None = Field(
+        None,
+        description="attribute labels by path (CelebA-style): a parquet or CSV with a 'path' "
+        "column (as in the subset manifest, relative to the image root) and one 0/1 column per "
+        "train.attributes name; None = the subset manifest's own columns (FaceWorld)",
+    )
     classifier: AttributeClassifierConfig = Field(
         default_factory=AttributeClassifierConfig,
         description="attribute classifier that measures edit success",

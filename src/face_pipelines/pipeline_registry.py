@@ -36,6 +36,7 @@ def register_pipelines() -> dict[str, Pipeline]:
     pipes["drgan_eval"] = drgan.create_eval_pipeline()  # opt-in: encoder + DR-GAN-set recognizer
     pipes["elegant"] = elegant.create_pipeline()  # opt-in: attribute classifier + ELEGANT editor
     pipes["elegant_edit"] = elegant.create_edit_pipeline()  # opt-in, after render and elegant
+    pipes["elegant_eval"] = elegant.create_eval_pipeline()  # opt-in: edited-set recognizer
     pipes["synth"] = sum((pipes[n] for n in SYNTH), Pipeline([]))
     pipes["__default__"] = sum((pipes[n] for n in STAGES), Pipeline([]))
     return pipes

@@ -21,6 +21,8 @@ from face_pipelines.training.elegant import (
     AttributePairDataset,
     ELEGANTTrainConfig,
     attribute_labels,
+    attribute_labels_by_path,
+    critic_loss,
     discriminator_loss,
     edit_dataset,
     generator_loss,
@@ -44,6 +46,8 @@ CFG = ELEGANTTrainConfig(
     batch_size=4,
     lr=2e-3,
     lr_d=2e-3,
+    attribute_weight=1.0,
+    critic_warmup_steps=2,
     log_every=1,
     eval_pairs=4,
     grid_steps=3,
@@ -86,14 +90,19 @@ def test_pair_batches_train_one_attribute_each_and_cycle(packed, labels):
 
 
 class _ConstantDisc(nn.Module):
-    """Scores every image `value` at both scales (to check the loss directions)."""
+    """Scores every image `value` at both scales (to check the loss directions); its critic gives
+    every image the attribute logits `logits`."""
 
-    def __init__(self, value: float):
+    def __init__(self, value: float, logits=(0.0, 0.0)):
         super().__init__()
         self.value = value
+        self.logits = torch.tensor(logits)
 
     def forward(self, x, labels):
         return [torch.full((len(x), 1, 2, 2), self.value)] * 2
+
+    def attribute_logits(self, x):
+        return self.logits.expand(len(x), -1)
 
 
 def test_loss_directions_and_finite():
@@ -110,6 +119,51 @@ def test_loss_directions_and_finite():
     assert g["g_loss"] == pytest.approx(0.5)
     for terms in (fooled, sharp, g):
         assert all(torch.isfinite(v) for v in terms.values())
+
+
+def test_attribute_critic_terms_score_the_edited_attribute_only():
+    x = torch.zeros(2, 3, 8, 8)
+    y_a, y_b = torch.tensor([[1.0, 0], [1, 1]]), torch.tensor([[0.0, 1], [0, 0]])
+    # The critic is sure attribute 0 is absent and attribute 1 present in every image.
+    disc = _ConstantDisc(1.0, logits=(-20.0, 20.0))
+    no_term = generator_loss(disc, x, x, x, x, x, x, y_a, y_b, 0)
+    assert "g_attribute" not in no_term  # attribute_weight 0: the paper's losses only
+    # Edit of attribute 0: C must lack it (the critic agrees), D must have it (the critic is sure
+    # it does not): BCE over attribute 0 only = half the pairs at ~20 nats; attribute 1's labels
+    # (wrong for some images) do not count.
+    g0 = generator_loss(disc, x, x, x, x, x, x, y_a, y_b, 0, attribute_weight=2.0)
+    assert g0["g_attribute"] == pytest.approx(10.0, abs=1e-3)
+    expected = float(g0["g_adv"] + 5.0 * g0["g_recon"]) + 20.0
+    assert float(g0["g_loss"]) == pytest.approx(expected, abs=1e-2)
+    # Edit of attribute 1: C lacks it, D has it; the critic says present for all -> C costs 20.
+    g1 = generator_loss(disc, x, x, x, x, x, x, y_a, y_b, 1, attribute_weight=1.0)
+    assert g1["g_attribute"] == pytest.approx(10.0, abs=1e-3)
+    # change_weight: the L1 size of the edits' change to their sources (C vs A, D vs B).
+    g = generator_loss(disc, x, x, x, x, x + 0.5, x, y_a, y_b, 0, change_weight=4.0)
+    assert g["g_change"] == pytest.approx(0.25)
+    assert float(g["g_loss"]) == pytest.approx(float(g["g_adv"] + 5.0 * g["g_recon"]) + 1.0)
+    assert "g_change" not in g0
+    # D's critic learns every label of the real pair: a perfect critic costs ~0.
+    perfect = _ConstantDisc(1.0, logits=(20.0, -20.0))
+    assert (
+        critic_loss(perfect, x[:1], x[:1], y_a[:1], y_b[:1] * 0 + torch.tensor([[1.0, 0]])) < 1e-6
+    )
+    assert critic_loss(disc, x, x, y_a, y_b) > 5
+
+
+def test_critic_warmup_steps_leave_the_generator_untouched(packed, labels, tmp_path):
+    cfg = CFG.model_copy(update={"epochs": 1, "critic_warmup_steps": 3})
+    log: dict = {}
+    torch.manual_seed(0)
+    train_elegant(packed, labels, tmp_path, cfg, "cpu", False, recorder(log))
+    steps = sorted(k for k in log if isinstance(k, int))
+    assert steps == [1, 2, 3]
+    assert all("critic" in log[s] and "g_loss" not in log[s] for s in steps)
+    gen, _ = load_elegant(tmp_path / "model.pt")
+    torch.manual_seed(CFG.seed)
+    fresh = ELEGANTGenerator(cfg.model_config_for(16))
+    for (name, w), w0 in zip(gen.state_dict().items(), fresh.state_dict().values(), strict=True):
+        torch.testing.assert_close(w, w0, msg=name)
 
 
 def test_training_resumes_exactly_after_a_kill(packed, labels, tmp_path):
@@ -187,6 +241,31 @@ def test_labels_name_the_file_and_the_parameter(packed, labels):
         attribute_labels(holes, ATTRS, "m.parquet", "p")
     with pytest.raises(DataError, match="47 rows"):
         subset_attribute_labels(manifest.iloc[:-1], p, ATTRS)
+
+
+def test_labels_by_path_from_a_celeba_style_table(packed, labels, tmp_path):
+    p = PackedImages(packed)
+    paths = [f"{i // 12:06d}/{i % 12:03d}.jpg" for i in range(len(p))]
+    manifest = pd.DataFrame({"path": paths, "identity": p.labels})
+    # CelebA's convention (-1 / 1), rows in another order, an extra attribute column.
+    table = pd.DataFrame(
+        {"path": paths, "dark": 2 * labels[:, 0] - 1, "odd": 2 * labels[:, 1] - 1, "hat": 1}
+    ).iloc[::-1]
+    table.to_csv(tmp_path / "attrs.csv", index=False)
+    got = subset_attribute_labels(manifest, p, ATTRS, str(tmp_path / "attrs.csv"))
+    np.testing.assert_array_equal(got, labels)
+    table.to_parquet(tmp_path / "attrs.parquet")
+    np.testing.assert_array_equal(
+        subset_attribute_labels(manifest, p, ATTRS, str(tmp_path / "attrs.parquet")), labels
+    )
+    with pytest.raises(DataError, match=r"no labels for 1 of 48 subset images, e.g. '000000/000"):
+        attribute_labels_by_path(manifest, table.iloc[:-1], ATTRS, "attrs.csv")
+    with pytest.raises(DataError, match=r"lists path '000003/011.jpg' more than once"):
+        attribute_labels_by_path(manifest, pd.concat([table, table.iloc[:1]]), ATTRS, "a.csv")
+    with pytest.raises(ParameterError, match=r"names \['beard'\], which a.csv has no column"):
+        attribute_labels_by_path(manifest, table, ["dark", "beard"], "a.csv")
+    with pytest.raises(DataError, match=r"missing.csv \(elegant.labels_path\) does not exist"):
+        subset_attribute_labels(manifest, p, ATTRS, str(tmp_path / "missing.csv"))
 
 
 def test_bad_parameters_are_refused_with_the_key():

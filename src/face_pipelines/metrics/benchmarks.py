@@ -99,6 +99,20 @@ def verification_table(
     return table
 
 
+def table_metrics(table: dict) -> dict[str, float]:
+    """Flat metrics of a verification table: `<recognizer>.<benchmark>` accuracies,
+    `<recognizer>.mean`, and every top-level `*_ratio`."""
+    out = {
+        f"{rec}.{b}": r["accuracy"]
+        for rec, res in table["results"].items()
+        for b, r in res.items()
+        if isinstance(r, dict)
+    }
+    out |= {f"{rec}.mean": res["mean_accuracy"] for rec, res in table["results"].items()}
+    out |= {k: float(v) for k, v in table.items() if k.endswith("_ratio")}
+    return out
+
+
 def verification_markdown(table: dict) -> str:
     """The table as markdown: one row per recognizer, accuracy (%) +- std per benchmark."""
     benches = list(table["benchmarks"])
@@ -111,7 +125,8 @@ def verification_markdown(table: dict) -> str:
             f"{100 * res[b]['accuracy']:.2f} +- {100 * res[b]['accuracy_std']:.2f}" for b in benches
         ]
         lines.append(f"| {rec} | " + " | ".join(cells) + f" | {100 * res['mean_accuracy']:.2f} |")
-    if "synthetic_to_real_ratio" in table:
+    ratios = [k for k in table if k.endswith("_ratio")]
+    if ratios:
         lines.append("")
-        lines.append(f"synthetic_to_real_ratio: {table['synthetic_to_real_ratio']:.3f}")
+        lines += [f"{k}: {table[k]:.3f}" for k in ratios]
     return "\n".join(lines) + "\n"

@@ -102,6 +102,33 @@ class ELEGANTTrainConfig(BaseModel):
     mismatch_weight: float = Field(
         1.0, ge=0, description="weight of real-with-flipped-label negatives in D's loss"
     )
+    attribute_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight in G's loss of the attribute critic finding each edit's target label "
+        "(0 = the paper's losses only; the critic is then not trained)",
+    )
+    change_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the L1 size of each edit's change to its source image in G's loss "
+        "(0 = the paper: edits are bounded only by the adversarial term)",
+    )
+    critic_lr: float = Field(
+        2e-3, gt=0, description="Adam lr of the attribute critic (trained on real labels only)"
+    )
+    critic_fake_weight: float = Field(
+        0.0,
+        ge=0,
+        description="weight of the critic's BCE on G's edits against their source's label (the "
+        "critic then also guards against edits that fool it without drawing the attribute)",
+    )
+    critic_warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="first optimizer steps that train only the critic (G and D wait), so G's "
+        "attribute term starts from a critic that already sees the attributes",
+    )
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm (None = no clip)")
     eval_pairs: int = Field(64, gt=0, description="pairs per attribute scored after every epoch")
     grid_steps: int = Field(4, ge=2, description="side of each exemplar interpolation grid")
@@ -174,6 +201,61 @@ def attribute_labels(
             )
         out[:, j] = values
     return out
+
+
+def read_label_table(path: str | Path) -> pd.DataFrame:
+    """An attribute-label table by path: parquet, or CSV (.csv / .txt). CelebA's
+    list_attr_celeba.txt converts with one line of pandas (see the README)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"attribute labels file {path} (elegant.labels_path) does not exist")
+    try:
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+        return pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise DataError(f"attribute labels file {path} is unreadable: {exc}") from exc
+
+
+def attribute_labels_by_path(
+    manifest: pd.DataFrame,
+    table: pd.DataFrame,
+    attributes: Sequence[str],
+    where: str,
+    parameter: str = "elegant.train.attributes",
+) -> np.ndarray:
+    """float32 [N, n] labels of the manifest's images (in manifest order) looked up by 'path' in a
+    label table. -1/1 columns (CelebA's convention) are read as 0/1.
+
+    Raises:
+        DataError: the table or manifest lacks 'path', the table repeats a path, or some manifest
+            images have no row (names how many and the first).
+        ParameterError: an attribute is not a column of the table.
+    """
+    for frame, name in ((manifest, "the subset manifest"), (table, where)):
+        if "path" not in frame.columns:
+            raise DataError(f"{name} has no 'path' column (columns: {list(frame.columns)[:12]})")
+    dup = table["path"].duplicated()
+    if dup.any():
+        raise DataError(
+            f"{where} lists path {table['path'][dup].iloc[0]!r} more than once "
+            f"({int(dup.sum())} repeated rows)"
+        )
+    cols = [a for a in attributes if a in table.columns]
+    sub = table[["path", *cols]].copy()
+    for c in cols:  # CelebA stores -1 / 1
+        values = pd.to_numeric(sub[c], errors="coerce")
+        if values.isin((-1, 1)).all():
+            sub[c] = (values > 0).astype(np.float32)
+    joined = manifest[["path"]].merge(sub, on="path", how="left", indicator=True)
+    missing = joined["_merge"] != "both"
+    if missing.any():
+        raise DataError(
+            f"{where} has no labels for {int(missing.sum())} of {len(manifest)} subset images, "
+            f"e.g. {joined['path'][missing].iloc[0]!r}; its 'path' must match the subset "
+            "manifest's (relative to the image root)"
+        )
+    return attribute_labels(joined.drop(columns="_merge"), attributes, where, parameter)
 
 
 # -- data ------------------------------------------------------------------------------------------
@@ -270,6 +352,30 @@ def discriminator_loss(
     return terms
 
 
+def critic_loss(
+    disc: nn.Module,
+    real_a: torch.Tensor,
+    real_b: torch.Tensor,
+    y_a: torch.Tensor,
+    y_b: torch.Tensor,
+    fake_c: torch.Tensor | None = None,
+    fake_d: torch.Tensor | None = None,
+    attribute: int = 0,
+    fake_weight: float = 0.0,
+) -> torch.Tensor:
+    """BCE of the attribute critic on a real pair batch and all its labels; with fakes and
+    fake_weight > 0, plus BCE on the edits' attribute i against their *source's* label (C keeps
+    A's, D keeps B's), so an edit only convinces the critic when it looks like the real thing -
+    without it G learns a pattern that fools the critic without drawing the attribute."""
+    logits = disc.attribute_logits(torch.cat([real_a, real_b])).float()
+    loss = F.binary_cross_entropy_with_logits(logits, torch.cat([y_a, y_b]))
+    if fake_weight > 0 and fake_c is not None and fake_d is not None:
+        fake_logits = disc.attribute_logits(torch.cat([fake_c, fake_d]))[:, attribute].float()
+        source = torch.cat([y_a[:, attribute], y_b[:, attribute]])
+        loss = loss + fake_weight * F.binary_cross_entropy_with_logits(fake_logits, source)
+    return loss
+
+
 def generator_loss(
     disc: nn.Module,
     real_a: torch.Tensor,
@@ -282,14 +388,30 @@ def generator_loss(
     y_b: torch.Tensor,
     attribute: int,
     recon_weight: float = 5.0,
+    attribute_weight: float = 0.0,
+    change_weight: float = 0.0,
 ) -> dict[str, torch.Tensor]:
-    """G's terms: L1 reconstruction of A and B; the edits taken for real with their target labels."""
+    """G's terms: L1 reconstruction of A and B; the edits taken for real with their target labels;
+    the critic finding the edits' target labels (weighted by attribute_weight); the L1 size of
+    each edit's change to its source image (weighted by change_weight: edits stay local)."""
     y_c, y_d = edited_labels(y_a, y_b, attribute)
     terms = {
         "g_recon": 0.5 * (F.l1_loss(recon_a.float(), real_a) + F.l1_loss(recon_b.float(), real_b)),
         "g_adv": 0.5 * (_ls(disc(fake_c, y_c), 1.0) + _ls(disc(fake_d, y_d), 1.0)),
     }
     terms["g_loss"] = recon_weight * terms["g_recon"] + terms["g_adv"]
+    if attribute_weight > 0:
+        # Only the edited attribute: the others are unchanged, and the critic's errors on them
+        # would otherwise dilute the one gradient that matters here.
+        logits = disc.attribute_logits(torch.cat([fake_c, fake_d]))[:, attribute].float()
+        target = torch.cat([y_c[:, attribute], y_d[:, attribute]])
+        terms["g_attribute"] = F.binary_cross_entropy_with_logits(logits, target)
+        terms["g_loss"] = terms["g_loss"] + attribute_weight * terms["g_attribute"]
+    if change_weight > 0:
+        terms["g_change"] = 0.5 * (
+            F.l1_loss(fake_c.float(), real_a) + F.l1_loss(fake_d.float(), real_b)
+        )
+        terms["g_loss"] = terms["g_loss"] + change_weight * terms["g_change"]
     return terms
 
 
@@ -485,7 +607,12 @@ def train_elegant(
         {"gen": gen, "disc": disc},
         {
             "gen": torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=cfg.betas),
-            "disc": torch.optim.Adam(disc.parameters(), lr=cfg.lr_d, betas=cfg.betas),
+            "disc": torch.optim.Adam(
+                [p for n, p in disc.named_parameters() if not n.startswith("critic.")],
+                lr=cfg.lr_d,
+                betas=cfg.betas,
+            ),
+            "critic": torch.optim.Adam(disc.critic.parameters(), lr=cfg.critic_lr),
         },
         device=device,
         precision=cfg.precision,
@@ -498,18 +625,60 @@ def train_elegant(
         G, D = st.models["gen"], st.models["disc"]
         x_a, x_b = (t.to(st.device).float().div_(127.5).sub_(1.0) for t in (a_u8, b_u8))
         y_a, y_b = y_a.to(st.device), y_b.to(st.device)
+        c_terms = {}
+        if cfg.attribute_weight > 0 and st.step < cfg.critic_warmup_steps:
+            with st.autocast():
+                c_terms["critic"] = critic_loss(D, x_a, x_b, y_a, y_b)
+            st.backward_and_step(c_terms["critic"], "critic")
+            c = c_terms["critic"].detach()
+            return {"loss": c, "critic": c, "attribute": float(i)}
         with st.autocast():
             recon_a, recon_b, fake_c, fake_d = swap_forward(G, x_a, x_b, i)
+        if cfg.attribute_weight > 0:
+            with st.autocast():
+                c_terms["critic"] = critic_loss(
+                    D,
+                    x_a,
+                    x_b,
+                    y_a,
+                    y_b,
+                    fake_c.detach(),
+                    fake_d.detach(),
+                    i,
+                    cfg.critic_fake_weight,
+                )
+            st.backward_and_step(c_terms["critic"], "critic")
+        with st.autocast():
             d_terms = discriminator_loss(
-                D, x_a, x_b, fake_c.detach(), fake_d.detach(), y_a, y_b, i, cfg.mismatch_weight
+                D,
+                x_a,
+                x_b,
+                fake_c.detach(),
+                fake_d.detach(),
+                y_a,
+                y_b,
+                i,
+                cfg.mismatch_weight,
             )
         st.backward_and_step(d_terms["d_loss"], "disc")
         with frozen(D), st.autocast():
             g_terms = generator_loss(
-                D, x_a, x_b, recon_a, recon_b, fake_c, fake_d, y_a, y_b, i, cfg.recon_weight
+                D,
+                x_a,
+                x_b,
+                recon_a,
+                recon_b,
+                fake_c,
+                fake_d,
+                y_a,
+                y_b,
+                i,
+                cfg.recon_weight,
+                cfg.attribute_weight,
+                cfg.change_weight,
             )
         st.backward_and_step(g_terms["g_loss"], "gen")
-        terms = {k: v.detach() for k, v in {**d_terms, **g_terms}.items()}
+        terms = {k: v.detach() for k, v in {**c_terms, **d_terms, **g_terms}.items()}
         return {"loss": terms["d_loss"] + terms["g_loss"], **terms, "attribute": float(i)}
 
     pairs = _eval_pairs(labels, cfg.eval_pairs, cfg.seed)

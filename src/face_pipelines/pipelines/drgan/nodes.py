@@ -17,13 +17,13 @@ from face_pipelines.errors import DataError
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.metrics.benchmarks import (
-    benchmark_paths,
+    table_metrics,
     verification_markdown,
-    verification_table,
 )
 from face_pipelines.metrics.separability import intra_class_cosines
 from face_pipelines.models.drgan import yaw_to_pose_bin
 from face_pipelines.params import validate_section
+from face_pipelines.pipelines.evaluate.nodes import verify_recognizers
 from face_pipelines.reporting.dataset_card import (
     add_pose_code_measures,
     card_figure,
@@ -302,30 +302,12 @@ def evaluate_drgan_recognizers(
     """Verification table of the DR-GAN path next to the default recognizers: the DR-GAN encoder,
     the recognizer trained on the DR-GAN set, the one trained on the Vec2Face set (same recipe,
     same image count) and the real-subset baseline."""
-    p = validate_section("evaluate", evaluate)
-    com = validate_section("common", common)
-    benches = benchmark_paths(faceworld_info, p.faceworld_benchmarks, p.benchmarks)
-    trained = {
-        "drgan_set": drgan_set_summary,
-        "vec2face_set": synthetic_summary,
-        "real": real_summary,
-    }
-    recognizers = {"drgan_encoder": drgan_encoder_summary["checkpoint"]}
-    recognizers |= {k: v["checkpoint"] for k, v in trained.items()}
-    table = verification_table(
-        recognizers, benches, resolve_device(com.device), p.batch_size, progress=com.progress
+    table = verify_recognizers(
+        {"drgan_set": drgan_set_summary, "vec2face_set": synthetic_summary, "real": real_summary},
+        faceworld_info,
+        evaluate,
+        common,
+        untrained={"drgan_encoder": drgan_encoder_summary["checkpoint"]},
+        ratios=(("drgan_set_to_vec2face_set_ratio", "drgan_set", "vec2face_set"),),
     )
-    table["training_images"] = {k: v["training_set"]["images"] for k, v in trained.items()}
-    table["drgan_set_to_vec2face_set_ratio"] = (
-        table["results"]["drgan_set"]["mean_accuracy"]
-        / table["results"]["vec2face_set"]["mean_accuracy"]
-    )
-    metrics = {
-        f"{rec}.{b}": r["accuracy"]
-        for rec, res in table["results"].items()
-        for b, r in res.items()
-        if isinstance(r, dict)
-    }
-    metrics |= {f"{rec}.mean": res["mean_accuracy"] for rec, res in table["results"].items()}
-    metrics["drgan_set_to_vec2face_set_ratio"] = table["drgan_set_to_vec2face_set_ratio"]
-    return table, verification_markdown(table), flat_metrics(metrics)
+    return table, verification_markdown(table), flat_metrics(table_metrics(table))

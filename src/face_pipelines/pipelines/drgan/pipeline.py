@@ -8,7 +8,7 @@ drgan_eval (after drgan_synth and recognizer): the encoder and a recognizer trai
 
 from kedro.pipeline import Node, Pipeline
 
-from face_pipelines.pipelines.recognizer.nodes import build_synthetic_training_set, train_instance
+from face_pipelines.pipelines.recognizer.pipeline import synthetic_set_instance
 
 from .nodes import (
     evaluate_drgan_recognizers,
@@ -96,7 +96,10 @@ def create_synth_pipeline(**kwargs) -> Pipeline:
 
 
 def create_eval_pipeline(**kwargs) -> Pipeline:
-    return Pipeline(
+    drgan_set = synthetic_set_instance(
+        "drgan_set", "drgan_recognizer_training_plan", "drgan_synthetic_dataset_info"
+    )
+    return drgan_set + Pipeline(
         [
             Node(
                 export_drgan_encoder,
@@ -114,29 +117,6 @@ def create_eval_pipeline(**kwargs) -> Pipeline:
                 ],
                 outputs="drgan_recognizer_training_plan",
                 name="plan_drgan_training_set",
-            ),
-            Node(
-                build_synthetic_training_set,
-                inputs=[
-                    "drgan_recognizer_training_plan",
-                    "drgan_synthetic_dataset_info",
-                    "drgan_set.packed_dir",
-                    "params:recognizer",
-                    "params:common",
-                ],
-                outputs="drgan_set.training_set",
-                name="build_drgan_training_set",
-            ),
-            Node(
-                train_instance,
-                inputs=[
-                    "drgan_set.training_set",
-                    "drgan_set.model_dir",
-                    "params:recognizer",
-                    "params:common",
-                ],
-                outputs=["drgan_set.summary", "drgan_set.mlflow_metrics"],
-                name="train_drgan_set_recognizer",
             ),
             Node(
                 evaluate_drgan_recognizers,

@@ -11,14 +11,18 @@ from PIL import Image
 
 from face_pipelines.errors import DataError
 from face_pipelines.io.packed import PackedImages
+from face_pipelines.metrics.benchmarks import table_metrics, verification_markdown
 from face_pipelines.params import validate_section
+from face_pipelines.pipelines.evaluate.nodes import verify_recognizers
 from face_pipelines.reporting.figures import image_figure
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
 from face_pipelines.training.elegant import (
     attribute_labels,
+    attribute_labels_by_path,
     edit_dataset,
     load_attribute_classifier,
     load_elegant,
+    read_label_table,
     train_attribute_classifier,
     train_elegant,
 )
@@ -28,9 +32,13 @@ SUBSET_MANIFEST = "subset_packed_manifest (data/03_primary/subset_manifest.parqu
 
 
 def subset_attribute_labels(
-    manifest: pd.DataFrame, packed: PackedImages, attributes: list[str]
+    manifest: pd.DataFrame,
+    packed: PackedImages,
+    attributes: list[str],
+    labels_path: str | None = None,
 ) -> np.ndarray:
-    """float32 [N, n] labels of the packed subset from the manifest rows aligned with it."""
+    """float32 [N, n] labels of the packed subset: from the manifest rows aligned with it, or
+    looked up by path in the label table at `labels_path` (elegant.labels_path)."""
     if len(manifest) != len(packed):
         raise DataError(
             f"{SUBSET_MANIFEST} has {len(manifest)} rows but {packed.root} holds {len(packed)} images"
@@ -39,6 +47,9 @@ def subset_attribute_labels(
         manifest["identity"].to_numpy(np.int64), packed.labels
     ):
         raise DataError(f"{SUBSET_MANIFEST} rows are not aligned with {packed.root}")
+    if labels_path:
+        table = read_label_table(labels_path)
+        return attribute_labels_by_path(manifest, table, attributes, f"{labels_path}")
     return attribute_labels(manifest, attributes, SUBSET_MANIFEST, "elegant.train.attributes")
 
 
@@ -59,7 +70,9 @@ def train_edit_classifier(
     p = validate_section("elegant", elegant)
     com = validate_section("common", common)
     packed = PackedImages(Path(subset_packed_dir))
-    labels = subset_attribute_labels(subset_packed_manifest, packed, p.train.attributes)
+    labels = subset_attribute_labels(
+        subset_packed_manifest, packed, p.train.attributes, p.labels_path
+    )
     return train_attribute_classifier(
         subset_packed_dir,
         labels,
@@ -84,7 +97,9 @@ def train_attribute_editor(
     """Train ELEGANT; report edit success (classifier) and judge cos on real pairs, grid figure."""
     p, com = validate_section("elegant", elegant), validate_section("common", common)
     packed = PackedImages(Path(subset_packed_dir))
-    labels = subset_attribute_labels(subset_packed_manifest, packed, p.train.attributes)
+    labels = subset_attribute_labels(
+        subset_packed_manifest, packed, p.train.attributes, p.labels_path
+    )
     classifier, _ = load_attribute_classifier(elegant_classifier_report["checkpoint"])
     judge = load_judge(judge_summary, teacher)
     hist = MetricHistory()
@@ -119,6 +134,7 @@ def train_attribute_editor(
 def edit_synthetic_attributes(
     synthetic_dir: Path,
     synthetic_dataset_info: dict,
+    dataset_card: dict,
     elegant_edited_dir: Path,
     elegant_report: dict,
     elegant_classifier_report: dict,
@@ -129,7 +145,9 @@ def edit_synthetic_attributes(
     teacher: dict,
     common: dict,
 ):
-    """Transfer attributes from real exemplars into a fraction of the synthetic images."""
+    """Transfer attributes from real exemplars into a fraction of the synthetic images; returns the
+    edit report, its MLflow metrics, the edited dataset's info (what the recognizer trains on) and
+    its card (the source card plus `attribute_edits`)."""
     p, com = validate_section("elegant", elegant), validate_section("common", common)
     src = Path(synthetic_dir)
     manifest_path = src / "manifest.parquet"
@@ -144,7 +162,7 @@ def edit_synthetic_attributes(
         )
     judge = load_judge(judge_summary, teacher)
     packed = PackedImages(Path(subset_packed_dir))
-    labels = subset_attribute_labels(subset_packed_manifest, packed, attributes)
+    labels = subset_attribute_labels(subset_packed_manifest, packed, attributes, p.labels_path)
     out_root = src if p.edit.overwrite_originals else Path(elegant_edited_dir)
     _, report = edit_dataset(
         src,
@@ -164,4 +182,78 @@ def edit_synthetic_attributes(
         batch_size=p.edit.batch_size,
     )
     report["synthetic_dataset"] = synthetic_dataset_info.get("root", str(src))
-    return report, flat_metrics(report, prefix="")
+    info = {
+        **synthetic_dataset_info,
+        "root": str(out_root),
+        "edited_from": str(src),
+        "attribute_editor": elegant_report["checkpoint"],
+        "edits": report["edits"],
+    }
+    return (
+        report,
+        flat_metrics(report, prefix=""),
+        info,
+        edited_dataset_card(dataset_card, report, elegant_classifier_report),
+    )
+
+
+def edited_dataset_card(dataset_card: dict, edit_report: dict, classifier_report: dict) -> dict:
+    """The render card of the source dataset plus an `attribute_edits` section: edit success by
+    the attribute classifier (which one, and its held-out accuracy on real images), identity
+    preservation (judge cos before/after), attribute frequencies synthetic before/after vs real."""
+    keys = (
+        "edits",
+        "success",
+        "judge_cos_mean",
+        "judge_cos_ge_0.7",
+        "success_and_judge_cos_ge_0.7",
+        "per_attribute",
+        "frequency",
+        "classifier_note",
+    )
+    heldout = classifier_report.get("heldout", {})
+    return {
+        **dataset_card,
+        "attribute_edits": {
+            **{k: edit_report[k] for k in keys if k in edit_report},
+            "classifier": {
+                "what": classifier_report.get("what"),
+                "checkpoint": classifier_report.get("checkpoint"),
+                "heldout_balanced_accuracy": {
+                    a: r.get("balanced_accuracy") for a, r in heldout.items()
+                },
+                "heldout_true_positive_rate": {
+                    a: r.get("true_positive_rate") for a, r in heldout.items()
+                },
+            },
+            "source_dataset": edit_report.get("source"),
+        },
+    }
+
+
+def evaluate_elegant_recognizers(
+    elegant_set_summary: dict,
+    synthetic_summary: dict,
+    real_summary: dict,
+    faceworld_info: dict,
+    evaluate: dict,
+    common: dict,
+) -> tuple[dict, str, dict]:
+    """Verification table of the recognizer trained on the attribute-edited synthetic set next to
+    the one trained on the same set unedited (same recipe, same images but the edits) and the
+    real-subset baseline; `edited_to_unedited_ratio` is the effect of the edits."""
+    table = verify_recognizers(
+        {
+            "edited_set": elegant_set_summary,
+            "unedited_set": synthetic_summary,
+            "real": real_summary,
+        },
+        faceworld_info,
+        evaluate,
+        common,
+        ratios=(
+            ("edited_to_unedited_ratio", "edited_set", "unedited_set"),
+            ("edited_to_real_ratio", "edited_set", "real"),
+        ),
+    )
+    return table, verification_markdown(table), flat_metrics(table_metrics(table))

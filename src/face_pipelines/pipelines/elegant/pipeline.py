@@ -1,9 +1,18 @@
 """elegant (opt-in): real subset + attribute labels -> attribute classifier, ELEGANT editor, grids;
-elegant_edit (opt-in, after render): synthetic dataset -> attribute-edited copy + edit report."""
+elegant_edit (opt-in, after render): synthetic dataset -> attribute-edited copy + edit report + card;
+elegant_eval (opt-in, after elegant_edit and recognizer): a recognizer trained on the edited copy
+    (the recognizer plan's image count and selection) verified next to the unedited-set and real ones."""
 
 from kedro.pipeline import Node, Pipeline
 
-from .nodes import edit_synthetic_attributes, train_attribute_editor, train_edit_classifier
+from face_pipelines.pipelines.recognizer.pipeline import synthetic_set_instance
+
+from .nodes import (
+    edit_synthetic_attributes,
+    evaluate_elegant_recognizers,
+    train_attribute_editor,
+    train_edit_classifier,
+)
 
 
 def create_pipeline(**kwargs) -> Pipeline:
@@ -48,6 +57,7 @@ def create_edit_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "synthetic_dir",
                     "synthetic_dataset_info",
+                    "dataset_card",
                     "elegant_edited_dir",
                     "elegant_report",
                     "elegant_classifier_report",
@@ -58,8 +68,42 @@ def create_edit_pipeline(**kwargs) -> Pipeline:
                     "params:teacher",
                     "params:common",
                 ],
-                outputs=["elegant_edit_report", "elegant_edit_mlflow_metrics"],
+                outputs=[
+                    "elegant_edit_report",
+                    "elegant_edit_mlflow_metrics",
+                    "elegant_synthetic_dataset_info",
+                    "elegant_dataset_card",
+                ],
                 name="edit_synthetic_attributes",
+            ),
+        ]
+    )
+
+
+def create_eval_pipeline(**kwargs) -> Pipeline:
+    # The edited copy keeps the synthetic set's paths, so the recognizer plan's count and seed
+    # select the same images as for the unedited set: only the edits differ.
+    edited = synthetic_set_instance(
+        "elegant_set", "recognizer_training_plan", "elegant_synthetic_dataset_info"
+    )
+    return edited + Pipeline(
+        [
+            Node(
+                evaluate_elegant_recognizers,
+                inputs=[
+                    "elegant_set.summary",
+                    "synthetic.summary",
+                    "real.summary",
+                    "faceworld_info",
+                    "params:evaluate",
+                    "params:common",
+                ],
+                outputs=[
+                    "elegant_verification",
+                    "elegant_verification_markdown",
+                    "elegant_evaluate_mlflow_metrics",
+                ],
+                name="evaluate_elegant_recognizers",
             ),
         ]
     )

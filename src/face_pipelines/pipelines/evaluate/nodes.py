@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from face_pipelines.metrics.benchmarks import (
     benchmark_paths,
+    table_metrics,
     verification_markdown,
     verification_table,
 )
@@ -11,6 +12,31 @@ from face_pipelines.params import validate_section
 from face_pipelines.reporting.dataset_card import dataset_provenance
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.training.device import resolve_device
+
+
+def verify_recognizers(
+    trained: dict[str, dict],
+    faceworld_info: dict,
+    evaluate: dict,
+    common: dict,
+    untrained: dict[str, str] | None = None,
+    ratios: tuple[tuple[str, str, str], ...] = (),
+) -> dict:
+    """Verification table (10-fold, flip TTA) of trained recognizers (name -> training summary)
+    and untrained ones (name -> checkpoint), with `training_images` per trained recognizer and
+    each (name, numerator, denominator) mean-accuracy ratio."""
+    p = validate_section("evaluate", evaluate)
+    com = validate_section("common", common)
+    benches = benchmark_paths(faceworld_info, p.faceworld_benchmarks, p.benchmarks)
+    recognizers = dict(untrained or {}) | {k: v["checkpoint"] for k, v in trained.items()}
+    table = verification_table(
+        recognizers, benches, resolve_device(com.device), p.batch_size, progress=com.progress
+    )
+    table["training_images"] = {k: v["training_set"]["images"] for k, v in trained.items()}
+    res = table["results"]
+    for name, num, den in ratios:
+        table[name] = res[num]["mean_accuracy"] / res[den]["mean_accuracy"]
+    return table
 
 
 def evaluate_recognizers(
@@ -26,25 +52,9 @@ def evaluate_recognizers(
     The MLflow metrics also carry `dataset.*`: the synthetic set's card measures and recipe knobs
     (reporting.dataset_card.dataset_provenance), so evaluate runs can be compared on their own.
     """
-    p = validate_section("evaluate", evaluate)
-    com = validate_section("common", common)
-    benches = benchmark_paths(faceworld_info, p.faceworld_benchmarks, p.benchmarks)
-    recognizers = {"synthetic": synthetic_summary["checkpoint"], "real": real_summary["checkpoint"]}
-    table = verification_table(
-        recognizers, benches, resolve_device(com.device), p.batch_size, progress=com.progress
+    table = verify_recognizers(
+        {"synthetic": synthetic_summary, "real": real_summary}, faceworld_info, evaluate, common
     )
-    table["training_images"] = {
-        k: v["training_set"]["images"]
-        for k, v in {"synthetic": synthetic_summary, "real": real_summary}.items()
-    }
-    metrics = {
-        f"{rec}.{b}": r["accuracy"]
-        for rec, res in table["results"].items()
-        for b, r in res.items()
-        if isinstance(r, dict)
-    }
-    metrics.update({f"{rec}.mean": res["mean_accuracy"] for rec, res in table["results"].items()})
-    if "synthetic_to_real_ratio" in table:
-        metrics["synthetic_to_real_ratio"] = table["synthetic_to_real_ratio"]
+    metrics = table_metrics(table)
     metrics.update({f"dataset.{k}": v for k, v in dataset_provenance(dataset_card).items()})
     return table, verification_markdown(table), flat_metrics(metrics)

@@ -65,3 +65,36 @@ def create_pipeline(**kwargs) -> Pipeline:
         name="build_training_set",
     )
     return Pipeline([plan]) + _instance("synthetic", synthetic) + _instance("real", real)
+
+
+def synthetic_set_instance(instance: str, plan: str, dataset_info: str) -> Pipeline:
+    """Build + train nodes of one more synthetic-set recognizer (the same recipe) under
+    `<instance>.*` datasets: the set described by `dataset_info`, subsampled per `plan`.
+    Node names: build_<instance>_training_set, train_<instance>_recognizer."""
+    return Pipeline(
+        [
+            Node(
+                build_synthetic_training_set,
+                inputs=[
+                    plan,
+                    dataset_info,
+                    f"{instance}.packed_dir",
+                    "params:recognizer",
+                    "params:common",
+                ],
+                outputs=f"{instance}.training_set",
+                name=f"build_{instance.removesuffix('_set')}_training_set",
+            ),
+            Node(
+                train_instance,
+                inputs=[
+                    f"{instance}.training_set",
+                    f"{instance}.model_dir",
+                    "params:recognizer",
+                    "params:common",
+                ],
+                outputs=[f"{instance}.summary", f"{instance}.mlflow_metrics"],
+                name=f"train_{instance}_recognizer",
+            ),
+        ]
+    )
