@@ -1,7 +1,8 @@
 """Training the Vec2Face generator: feature vector -> face image.
 
 Losses (weights are parameters): pixel MSE; identity 1 - cos(teacher(G(f)), f) with the frozen
-teacher; perceptual distance between the teacher's intermediate feature maps of G(f) and x; 1 - SSIM
+teacher; perceptual distance between the teacher's intermediate feature maps of G(f) and x (or
+LPIPS-VGG, weights by path: `perceptual_net: lpips`); 1 - SSIM
 (pytorch-msssim); token regression of the decoder tokens onto the unmasked token map; and, from
 `gan_start_epoch`, a GAN with ONE formulation for both players (hinge or least squares). The
 discriminator only ever sees detached fakes in its own loss and is frozen during the generator's, so
@@ -28,6 +29,7 @@ from torch import nn
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.losses.gan import discriminator_loss, generator_adversarial_loss
+from face_pipelines.losses.lpips import LPIPSVGG
 from face_pipelines.metrics.feature_stats import frechet_distance
 from face_pipelines.metrics.separability import pixel_spread
 from face_pipelines.models.discriminator import build_discriminator
@@ -68,6 +70,18 @@ class Vec2FaceTrainConfig(BaseModel):
     gan_kind: Literal["hinge", "lsgan"] = Field("hinge", description="GAN formulation (G and D)")
     gan_start_epoch: int = Field(4, ge=0, description="epoch from which the GAN terms are on")
     weights: Vec2FaceLossWeights = Field(default_factory=Vec2FaceLossWeights)
+    perceptual_net: Literal["teacher", "lpips"] = Field(
+        "teacher",
+        description="perceptual term: channel-normalised teacher feature-map distance, or "
+        "LPIPS-VGG with weights by path (lpips_vgg_path + lpips_linear_path; nothing downloads)",
+    )
+    lpips_vgg_path: str | None = Field(
+        None, description="torchvision vgg16 state dict (e.g. vgg16-397923af.pth) for LPIPS"
+    )
+    lpips_linear_path: str | None = Field(
+        None,
+        description="LPIPS v0.1 linear-layer weights (the lpips package's weights/v0.1/vgg.pth)",
+    )
     epochs: int = Field(8, gt=0, description="training epochs")
     batch_size: int = Field(64, gt=0, description="batch size per process")
     lr: float = Field(4e-4, gt=0, description="generator AdamW peak lr (warm-up + half-cosine)")
@@ -88,6 +102,17 @@ class Vec2FaceTrainConfig(BaseModel):
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="autocast")
     num_workers: int = Field(0, ge=0, description="data-loader workers")
     seed: int = Field(0, description="seed")
+
+    @model_validator(mode="after")
+    def _check_lpips(self):
+        if self.perceptual_net == "lpips":
+            missing = [k for k in ("lpips_vgg_path", "lpips_linear_path") if not getattr(self, k)]
+            if missing:
+                raise ValueError(
+                    f"perceptual_net is 'lpips' but {' and '.join(missing)} is not set: give "
+                    "the weight files by path (nothing is downloaded)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _check_model(self):
@@ -187,13 +212,15 @@ def evaluate_generator(
     labels: np.ndarray,
     device,
     seed: int = 0,
+    lpips: nn.Module | None = None,
 ) -> dict:
     """Identity preservation and realism of G on held-out real (image, feature) pairs.
 
     identity_cos_mean is the training signal (teacher); judge_identity_cos_mean uses a recognizer
     no loss saw, comparing G(f) with the real image x; ssim_mean compares G(f) with x; judge_fd is
     the Frechet distance between judge features of real and generated images; pixel spread is the
-    mean per-identity pixel std (variation within an identity), generated vs real.
+    mean per-identity pixel std (variation within an identity), generated vs real; with an LPIPS
+    network, lpips_mean is the mean LPIPS-VGG distance between G(f) and x.
     """
     fake = generate_batched(gen, feats, device, seed=seed)
     t_fake = embed_images(teacher, fake, device)
@@ -204,6 +231,14 @@ def evaluate_generator(
         f_t = torch.from_numpy(fake).permute(0, 3, 1, 2).float() / 127.5 - 1
         r_t = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
         ssim_mean = float(_ssim(f_t, r_t))
+        extra = {}
+        if lpips is not None:
+            dev = next(lpips.buffers()).device
+            d = [
+                lpips(f_t[s : s + 64].to(dev), r_t[s : s + 64].to(dev))
+                for s in range(0, len(f_t), 64)
+            ]
+            extra["lpips_mean"] = float(torch.cat(d).mean()) if d else float("nan")
     q = np.quantile
     return {
         "identity_cos_mean": float(id_cos.mean()),
@@ -215,6 +250,7 @@ def evaluate_generator(
         "pixel_spread_generated": float(pixel_spread(fake, labels)),
         "pixel_spread_real": float(pixel_spread(images_u8, labels)),
         "eval_images": int(len(feats)),
+        **extra,
     }
 
 
@@ -278,6 +314,9 @@ def train_vec2face(
     disc = disc.to(device)
     teacher = teacher.to(device).eval().requires_grad_(False)
     judge = judge.to(device).eval().requires_grad_(False)
+    lpips = None
+    if cfg.perceptual_net == "lpips":
+        lpips = LPIPSVGG.from_paths(cfg.lpips_vgg_path, cfg.lpips_linear_path).to(device)
 
     train_rows, held_rows = split_heldout(packed.labels, cfg.heldout_identities, cfg.seed)
     ds = PackedTargetDataset(packed, features)
@@ -323,11 +362,14 @@ def train_vec2face(
             metrics["d_loss"] = d_loss.detach()
         with frozen(D), st.autocast():
             emb_fake, maps_fake = teacher.forward_features(fake, return_maps=True)
-            with torch.no_grad():
-                _, maps_real = teacher.forward_features(x, return_maps=True)
             l_pix = F.mse_loss(fake.float(), x)
             l_id = (1 - F.cosine_similarity(emb_fake.float(), f, dim=1, eps=1e-6)).mean()
-            l_perc = _perceptual(maps_fake, maps_real)
+            if lpips is not None:
+                l_perc = lpips(fake, x).mean()
+            else:
+                with torch.no_grad():
+                    _, maps_real = teacher.forward_features(x, return_maps=True)
+                l_perc = _perceptual(maps_fake, maps_real)
             l_ssim = 1 - _ssim(fake, x)
             l_tok = F.mse_loss(out["tokens_pred"].float(), out["tokens_target"].float())
             loss = (
@@ -390,7 +432,15 @@ def train_vec2face(
     )
     ema = state.models["ema"]
     report = evaluate_generator(
-        ema, teacher, judge, held_images, held_feats, held_labels, state.device, seed=cfg.seed
+        ema,
+        teacher,
+        judge,
+        held_images,
+        held_feats,
+        held_labels,
+        state.device,
+        seed=cfg.seed,
+        lpips=lpips,
     )
     final_grid = sample_grid(
         ema, grid_real, features[grid_rows], new_vectors, state.device, cfg.seed
