@@ -253,6 +253,13 @@ class ELEGANTEditParams(Strict):
         description="replace the edited images inside the synthetic dataset instead of writing "
         "an edited copy to elegant_edited_dir",
     )
+    strength: float = Field(
+        1.0,
+        gt=0,
+        le=3,
+        description="how far the attribute slot moves from the image's towards the exemplar's "
+        "(1 = swap it, as the paper; > 1 extrapolates beyond the exemplar: stronger edits)",
+    )
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of edited images")
     batch_size: int = Field(128, gt=0, description="images edited per batch")
     seed: int = Field(0, description="seed of the image, attribute and exemplar draws")

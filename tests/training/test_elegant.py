@@ -333,6 +333,16 @@ def test_edit_step_writes_a_copy_records_edits_and_keeps_originals(packed, label
     for rel in e["path"]:
         assert (edited_root / rel).read_bytes() != before[src / rel]
     assert report["success"] == 0.0  # this classifier never sees an attribute
+    assert report["strength"] == 1.0
+    # The strength reaches the edit: the same images are edited, into other pixels.
+    _, strong = edit_dataset(
+        src, manifest, tmp_path / "strong", *args, fraction=0.5, seed=1, strength=2.5
+    )
+    strong_manifest = pd.read_parquet(tmp_path / "strong" / "manifest.parquet")
+    assert strong["strength"] == 2.5
+    assert strong_manifest["edited"].tolist() == saved["edited"].tolist()
+    for rel in e["path"]:
+        assert (tmp_path / "strong" / rel).read_bytes() != (edited_root / rel).read_bytes()
     assert set(report["frequency"]) == set(ATTRS)
     assert report["frequency"]["dark"]["real_labels"] == pytest.approx(0.5)
 

@@ -934,6 +934,7 @@ def edit_dataset(
     device: str | torch.device = "cpu",
     jpeg_quality: int = 95,
     batch_size: int = 128,
+    strength: float = 1.0,
 ) -> tuple[pd.DataFrame, dict]:
     """Transfer attributes from random real exemplars into a fraction of a synthetic dataset.
 
@@ -943,6 +944,8 @@ def edit_dataset(
     exemplar's row in the real subset and its identity, the classifier's probability of the
     attribute before and after, success (after >= 0.5) and the judge's cos between the image before
     and after. With out_root == src_root the originals are replaced (only when asked for).
+
+    `strength` scales the slot's move towards the exemplar's (1 = swap; see transfer_attribute).
 
     Returns (the new manifest, a report: success, judge cos and attribute frequencies).
 
@@ -1000,7 +1003,9 @@ def edit_dataset(
         for s in range(0, len(rows), batch_size):
             r, e = rows[s : s + batch_size], ex_rows[s : s + batch_size]
             ex_images, ex_ids = exemplars.get_batch(e)
-            edited_images[r] = transfer_attribute(gen, images[r], ex_images, attr, device)
+            edited_images[r] = transfer_attribute(
+                gen, images[r], ex_images, attr, device, strength=strength
+            )
             cols["edit_exemplar_identity"][r] = ex_ids
         cols["edited"][rows] = True
         cols["edit_attribute"][rows] = attributes[attr]
@@ -1023,7 +1028,14 @@ def edit_dataset(
     report = _edit_report(
         out, attributes, edit_attributes, exemplar_labels, probs_before, probs_after
     )
-    report.update({"source": str(src_root), "output": str(out_root), "in_place": in_place})
+    report.update(
+        {
+            "source": str(src_root),
+            "output": str(out_root),
+            "in_place": in_place,
+            "strength": strength,
+        }
+    )
     return out, report
 
 

@@ -180,6 +180,7 @@ def edit_synthetic_attributes(
         device=com.device,
         jpeg_quality=p.edit.jpeg_quality,
         batch_size=p.edit.batch_size,
+        strength=p.edit.strength,
     )
     report["synthetic_dataset"] = synthetic_dataset_info.get("root", str(src))
     info = {
