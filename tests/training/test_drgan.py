@@ -40,6 +40,7 @@ CFG = DRGANTrainConfig(
     log_every=1,
     eval_images=8,
     grid_identities=2,
+    balance_pose_bins=True,
 )
 
 
@@ -77,6 +78,15 @@ def test_loss_directions():
     assert winning_g["g_loss"] < 0.02 and losing_g["g_identity"] > 8 and losing_g["g_pose"] > 8
     half = generator_loss(fake_as_fake, pose_wrong, y_id, y_pose, pose_weight=0.5)
     assert half["g_loss"] == pytest.approx(float(losing_g["g_identity"] + 0.5 * losing_g["g_pose"]))
+    # Pose-bin weights: a miss on a rare bin (weight 3) costs three times a common one's (1).
+    one_wrong = torch.tensor([[9.0, 0, 0], [9.0, 0, 0]])  # image 0 (bin 2) wrong, image 1 right
+    plain = discriminator_loss(right, one_wrong, fake_as_fake, y_id, y_pose)
+    w = torch.tensor([1.0, 1.0, 3.0])
+    weighted = discriminator_loss(right, one_wrong, fake_as_fake, y_id, y_pose, 1.0, w)
+    # weighted mean: (3 * ce_0 + 1 * ce_1) / (3 + 1) vs (ce_0 + ce_1) / 2, with ce_1 ~ 0
+    assert float(weighted["d_real_pose"]) == pytest.approx(
+        1.5 * float(plain["d_real_pose"]), rel=1e-3
+    )
 
 
 def test_training_learns_and_resumes_exactly(packed, yaw, tmp_path):

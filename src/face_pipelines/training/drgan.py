@@ -77,6 +77,11 @@ class DRGANTrainConfig(BaseModel):
         2, ge=2, description="n images of one identity fused per item (multi_image only)"
     )
     pose_weight: float = Field(1.0, ge=0, description="weight of the pose terms of D and G")
+    balance_pose_bins: bool = Field(
+        False,
+        description="weight D's real-pose cross-entropy by inverse bin frequency, so the rare "
+        "profile bins count as much as the frontal ones (False = the paper's plain loss)",
+    )
     epochs: int = Field(2, gt=0, description="training epochs")
     batch_size: int = Field(64, gt=0, description="real images (multi_image: identities) per batch")
     lr: float = Field(2e-4, gt=0, description="Adam lr of G (paper: 2e-4)")
@@ -132,14 +137,16 @@ def discriminator_loss(
     y_identity: torch.Tensor,
     y_pose: torch.Tensor,
     pose_weight: float = 1.0,
+    pose_class_weights: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
-    """D's terms: real -> (true identity, true pose), generated -> the fake class (the last logit)."""
+    """D's terms: real -> (true identity, true pose), generated -> the fake class (the last logit).
+    `pose_class_weights` [Np] weight the real-pose cross-entropy per bin (None = uniform)."""
     fake_class = torch.full(
         (fake_identity.shape[0],), fake_identity.shape[1] - 1, device=fake_identity.device
     )
     terms = {
         "d_real_identity": F.cross_entropy(real_identity.float(), y_identity),
-        "d_real_pose": F.cross_entropy(real_pose.float(), y_pose),
+        "d_real_pose": F.cross_entropy(real_pose.float(), y_pose, weight=pose_class_weights),
         "d_fake": F.cross_entropy(fake_identity.float(), fake_class),
     }
     terms["d_loss"] = (
@@ -334,6 +341,11 @@ def train_drgan(
     model_cfg = cfg.model_config_for(packed.image_size)
     np_ = model_cfg.num_pose_bins
     bins = yaw_to_pose_bin(yaw, np_, cfg.yaw_min_deg, cfg.yaw_max_deg)
+    pose_class_weights = None
+    if cfg.balance_pose_bins:
+        counts = np.bincount(bins, minlength=np_).astype(np.float64)
+        w = np.where(counts > 0, counts.sum() / (np_ * np.maximum(counts, 1)), 0.0)
+        pose_class_weights = torch.tensor(w, dtype=torch.float32, device=device)
     n = cfg.images_per_identity if model_cfg.multi_image else 1
 
     torch.manual_seed(cfg.seed)
@@ -381,6 +393,7 @@ def train_drgan(
                 real_id,
                 y_pose,
                 cfg.pose_weight,
+                pose_class_weights,
             )
         st.backward_and_step(d_terms["d_loss"], "disc")
         with frozen(D), st.autocast():
