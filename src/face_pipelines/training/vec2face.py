@@ -13,7 +13,9 @@ received the generator's gradients). An EMA of the generator is kept and is what
 from __future__ import annotations
 
 import copy
+import json
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -35,6 +37,7 @@ from face_pipelines.metrics.separability import pixel_spread
 from face_pipelines.models.discriminator import build_discriminator
 from face_pipelines.models.vec2face import VEC2FACE_PRESETS, Vec2Face, Vec2FaceConfig
 from face_pipelines.reporting.figures import image_grid
+from face_pipelines.training.attributes import predict_pose
 from face_pipelines.training.data import PackedTargetDataset, make_loader
 from face_pipelines.training.device import resolve_device
 from face_pipelines.training.engine import TrainState, fit, frozen
@@ -98,6 +101,13 @@ class Vec2FaceTrainConfig(BaseModel):
         description="fraction of identities held out of training to measure identity preservation",
     )
     eval_images: int = Field(256, gt=0, description="held-out images used for the report")
+    curve_epochs: list[int] = Field(
+        default_factory=list,
+        description="epochs after which the full held-out evaluation (SSIM, judge cos, pixel "
+        "spread, rendered yaw) also runs, with the training seconds spent so far: a "
+        "quality-versus-compute curve from one run (report['curve'], <out_dir>/curve.jsonl); "
+        "the last epoch is always a point",
+    )
     grid_identities: int = Field(8, gt=0, description="identities per sample grid")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="autocast")
     num_workers: int = Field(0, ge=0, description="data-loader workers")
@@ -213,6 +223,7 @@ def evaluate_generator(
     device,
     seed: int = 0,
     lpips: nn.Module | None = None,
+    pose_model: nn.Module | None = None,
 ) -> dict:
     """Identity preservation and realism of G on held-out real (image, feature) pairs.
 
@@ -220,7 +231,10 @@ def evaluate_generator(
     no loss saw, comparing G(f) with the real image x; ssim_mean compares G(f) with x; judge_fd is
     the Frechet distance between judge features of real and generated images; pixel spread is the
     mean per-identity pixel std (variation within an identity), generated vs real; with an LPIPS
-    network, lpips_mean is the mean LPIPS-VGG distance between G(f) and x.
+    network, lpips_mean is the mean LPIPS-VGG distance between G(f) and x. With a pose model (one
+    no generator loss uses), yaw_* compare the head yaw it reads off G(f) with the one it reads off
+    x: whether the generator draws the pose the feature carries (yaw_corr) and how far from
+    frontal its faces turn (|yaw| mean and the share beyond 30 degrees).
     """
     fake = generate_batched(gen, feats, device, seed=seed)
     t_fake = embed_images(teacher, fake, device)
@@ -239,6 +253,8 @@ def evaluate_generator(
                 for s in range(0, len(f_t), 64)
             ]
             extra["lpips_mean"] = float(torch.cat(d).mean()) if d else float("nan")
+    if pose_model is not None:
+        extra.update(yaw_agreement(pose_model, fake, images_u8, device))
     q = np.quantile
     return {
         "identity_cos_mean": float(id_cos.mean()),
@@ -251,6 +267,23 @@ def evaluate_generator(
         "pixel_spread_real": float(pixel_spread(images_u8, labels)),
         "eval_images": int(len(feats)),
         **extra,
+    }
+
+
+def yaw_agreement(pose_model: nn.Module, fake_u8: np.ndarray, real_u8: np.ndarray, device) -> dict:
+    """How the yaw a pose model reads off generated images G(f) compares with the real images x."""
+    yaw_fake = predict_pose(pose_model, fake_u8, device)[:, 0]
+    yaw_real = predict_pose(pose_model, real_u8, device)[:, 0]
+    # No spread on one side (e.g. one frontal average for every input): no agreement, not NaN.
+    spread = len(yaw_fake) > 1 and yaw_fake.std() > 1e-6 and yaw_real.std() > 1e-6
+    corr = np.corrcoef(yaw_fake, yaw_real)[0, 1] if spread else 0.0
+    return {
+        "yaw_abs_mean_generated": float(np.abs(yaw_fake).mean()),
+        "yaw_abs_mean_real": float(np.abs(yaw_real).mean()),
+        "yaw_gt30_generated": float((np.abs(yaw_fake) > 30).mean()),
+        "yaw_gt30_real": float((np.abs(yaw_real) > 30).mean()),
+        "yaw_corr": float(corr) if np.isfinite(corr) else 0.0,
+        "yaw_mae": float(np.abs(yaw_fake - yaw_real).mean()),
     }
 
 
@@ -277,6 +310,46 @@ def gaussian_vectors(feats: np.ndarray, n: int, seed: int) -> np.ndarray:
     return rng.multivariate_normal(mean, cov, size=n, method="cholesky").astype(np.float32)
 
 
+class CurveLog:
+    """Quality-versus-compute points of one generator run, kept in a JSON-lines file.
+
+    `seconds()` is the training time spent so far: the time since the last point (or since this
+    object was made) plus the last point's seconds, so evaluations are not charged and a resumed
+    run continues its count (time lost in a crash after the last point is not counted).
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.points = self._read()
+        self._offset = self.points[-1]["train_seconds"] if self.points else 0.0
+        self._t0 = time.perf_counter()
+
+    def _read(self) -> list[dict]:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+    def seconds(self) -> float:
+        return self._offset + time.perf_counter() - self._t0
+
+    def reset(self) -> None:
+        self.points = []
+        self.path.unlink(missing_ok=True)
+
+    def add(self, epoch: int, seconds: float, metrics: dict) -> list[dict]:
+        """Record the point for `epoch` (an existing point for that epoch is kept: a reused run's
+        final point keeps the seconds it was trained in); returns every point."""
+        if all(p["epoch"] != epoch for p in self.points):
+            point = {"epoch": int(epoch), "train_seconds": round(float(seconds), 1)}
+            point |= {k: v for k, v in metrics.items() if isinstance(v, int | float)}
+            self.points.append(point)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a") as fh:
+                fh.write(json.dumps(point) + "\n")
+        self._offset, self._t0 = float(seconds), time.perf_counter()
+        return sorted(self.points, key=lambda p: p["epoch"])
+
+
 def split_heldout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Train rows and held-out rows: whole identities are held out (at least 2)."""
     ids = np.unique(labels)
@@ -298,9 +371,15 @@ def train_vec2face(
     device: str = "auto",
     progress: bool = True,
     log: Callable[[dict, int], None] | None = None,
+    pose_model: nn.Module | None = None,
 ) -> dict:
     """Train G on (packed image, teacher feature) pairs; writes `<out_dir>/model.pt` (EMA weights),
-    per-epoch sample grids in `grids_dir`, and returns the report (see evaluate_generator)."""
+    per-epoch sample grids in `grids_dir`, and returns the report (see evaluate_generator).
+
+    With `cfg.curve_epochs`, the full held-out evaluation also runs after those epochs; each point
+    (epoch, training seconds so far, metrics) is appended to `<out_dir>/curve.jsonl` as soon as it
+    exists, so a resumed run keeps its earlier points, and the report's `curve` lists them all.
+    """
     cfg = config
     device = resolve_device(device)
     packed = PackedImages(Path(packed_root))
@@ -403,15 +482,40 @@ def train_vec2face(
     new_vectors = gaussian_vectors(features[train_rows], len(grid_rows), cfg.seed)
     grids_dir = Path(grids_dir)
     grids_dir.mkdir(parents=True, exist_ok=True)
+    pose_model = pose_model.to(device).eval() if pose_model is not None else None
+    curve = CurveLog(Path(out_dir) / "curve.jsonl")
+
+    def evaluate(g: Vec2Face, dev) -> dict:
+        return evaluate_generator(
+            g,
+            teacher,
+            judge,
+            held_images,
+            held_feats,
+            held_labels,
+            dev,
+            seed=cfg.seed,
+            lpips=lpips,
+            pose_model=pose_model,
+        )
 
     def epoch_end(st: TrainState, _metrics: dict) -> dict:
         g = st.models["ema"]
         grid = sample_grid(g, grid_real, features[grid_rows], new_vectors, st.device, cfg.seed)
-        Image.fromarray(grid).save(grids_dir / f"epoch_{st.epoch + 1:03d}.png")
+        done = st.epoch  # epochs completed (the engine counts the one that just ended)
+        Image.fromarray(grid).save(grids_dir / f"epoch_{done:03d}.png")
         f_small = held_feats[:64]
         fake = generate_batched(g, f_small, st.device, seed=cfg.seed)
         cos = _cos(embed_images(teacher, fake, st.device), f_small)
-        return {"heldout_identity_cos": float(cos.mean())}
+        out = {"heldout_identity_cos": float(cos.mean())}
+        if done == 1:  # a run from scratch: points of an earlier (set-aside) run do not apply
+            curve.reset()
+        if done in cfg.curve_epochs and done < cfg.epochs:
+            seconds = curve.seconds()  # training time only: the evaluation is not charged
+            point = evaluate(g, st.device)
+            curve.add(done, seconds, point)
+            out.update({f"curve.{k}": v for k, v in point.items() if isinstance(v, float)})
+        return out
 
     fit(
         step_fn,
@@ -431,17 +535,9 @@ def train_vec2face(
         },
     )
     ema = state.models["ema"]
-    report = evaluate_generator(
-        ema,
-        teacher,
-        judge,
-        held_images,
-        held_feats,
-        held_labels,
-        state.device,
-        seed=cfg.seed,
-        lpips=lpips,
-    )
+    seconds = curve.seconds()
+    report = evaluate(ema, state.device)
+    report["curve"] = curve.add(cfg.epochs, seconds, report)
     final_grid = sample_grid(
         ema, grid_real, features[grid_rows], new_vectors, state.device, cfg.seed
     )
