@@ -13,6 +13,7 @@ from face_pipelines.models.registry import build_backbone
 from face_pipelines.training.vec2face import (
     CurveLog,
     Vec2FaceTrainConfig,
+    teacher_view,
     train_vec2face,
     yaw_agreement,
 )
@@ -52,6 +53,7 @@ def _tiny_config(**kw) -> Vec2FaceTrainConfig:
         "grid_identities": 2,
         "heldout_identities": 0.25,
         "discriminator_scales": 1,
+        "teacher_view_jitter": 2,
     }
     return Vec2FaceTrainConfig(**(base | kw))
 
@@ -125,3 +127,16 @@ def test_training_writes_curve_points_with_pose_metrics(tmp_path):
         packed, features, teacher, judge, out, tmp_path / "grids", cfg, progress=False
     )
     assert [p["train_seconds"] for p in again["curve"]] == seconds
+
+
+def test_teacher_view_moves_fake_and_real_together():
+    x = torch.rand(2, 3, 32, 32) * 2 - 1
+    same = teacher_view(x, x, 0, step=3)
+    assert same[0] is x and same[1] is x  # off: the published loss, untouched
+    for step in (0, 1, 2, 3):
+        fake, real = teacher_view(x, x.clone(), 4, step)
+        assert fake.shape == real.shape == x.shape
+        assert torch.equal(fake, real)  # one transform for both
+    moved = [not torch.equal(teacher_view(x, x, 4, s)[0], x) for s in range(8)]
+    assert any(moved)
+    assert torch.equal(teacher_view(x, x, 4, 5)[0], teacher_view(x, x, 4, 5)[0])  # by step

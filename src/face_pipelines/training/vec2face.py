@@ -28,12 +28,13 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pytorch_msssim import ssim
 from torch import nn
 
-from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
+from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.losses.gan import discriminator_loss, generator_adversarial_loss
 from face_pipelines.losses.lpips import LPIPSVGG
 from face_pipelines.metrics.feature_stats import frechet_distance
 from face_pipelines.metrics.separability import pixel_spread
+from face_pipelines.models import vec2face as models_vec2face
 from face_pipelines.models.discriminator import build_discriminator
 from face_pipelines.models.vec2face import VEC2FACE_PRESETS, Vec2Face, Vec2FaceConfig
 from face_pipelines.reporting.figures import image_grid
@@ -72,6 +73,14 @@ class Vec2FaceTrainConfig(BaseModel):
     discriminator_scales: int = Field(2, ge=1, description="1 = patch D, 2 = two-scale D")
     gan_kind: Literal["hinge", "lsgan"] = Field("hinge", description="GAN formulation (G and D)")
     gan_start_epoch: int = Field(4, ge=0, description="epoch from which the GAN terms are on")
+    teacher_view_jitter: int = Field(
+        0,
+        ge=0,
+        description="identity and teacher-perceptual terms see G(f) (and x) through one random "
+        "shift of up to this many pixels and, for half the batches, a 2x down-and-up resize: a "
+        "pattern that only fools the frozen teacher at one exact pixel position stops paying "
+        "(0 = off, the published loss)",
+    )
     weights: Vec2FaceLossWeights = Field(default_factory=Vec2FaceLossWeights)
     perceptual_net: Literal["teacher", "lpips"] = Field(
         "teacher",
@@ -156,6 +165,25 @@ def _perceptual(maps_fake: list[torch.Tensor], maps_real: list[torch.Tensor]) ->
         b = b.float() / (b.float().pow(2).sum(1, keepdim=True).sqrt() + 1e-6)
         total = total + (a - b).pow(2).sum(1).mean()
     return total / len(maps_fake)
+
+
+def teacher_view(
+    fake: torch.Tensor, real: torch.Tensor, jitter: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The same random shift (and every other step a 2x down-and-up resize) of G(f) and x, for the
+    terms scored by the frozen teacher; identity when `jitter` is 0. Deterministic in `step`."""
+    if jitter <= 0:
+        return fake, real
+    g = torch.Generator().manual_seed(int(step))
+    dy, dx = (int(v) for v in torch.randint(-jitter, jitter + 1, (2,), generator=g))
+    both = torch.cat([fake, real.to(fake.dtype)])
+    size = both.shape[-1]
+    both = F.pad(both, (jitter,) * 4, mode="replicate")
+    both = both[..., jitter + dy : jitter + dy + size, jitter + dx : jitter + dx + size]
+    if step % 2:
+        both = F.interpolate(both, scale_factor=0.5, mode="bilinear", antialias=True)
+        both = F.interpolate(both, size=(size, size), mode="bilinear")
+    return both[: len(fake)], both[len(fake) :]
 
 
 def _ssim(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
@@ -440,14 +468,15 @@ def train_vec2face(
             st.backward_and_step(d_loss, "disc")
             metrics["d_loss"] = d_loss.detach()
         with frozen(D), st.autocast():
-            emb_fake, maps_fake = teacher.forward_features(fake, return_maps=True)
+            t_fake, t_real = teacher_view(fake, x, cfg.teacher_view_jitter, st.step)
+            emb_fake, maps_fake = teacher.forward_features(t_fake, return_maps=True)
             l_pix = F.mse_loss(fake.float(), x)
             l_id = (1 - F.cosine_similarity(emb_fake.float(), f, dim=1, eps=1e-6)).mean()
             if lpips is not None:
                 l_perc = lpips(fake, x).mean()
             else:
                 with torch.no_grad():
-                    _, maps_real = teacher.forward_features(x, return_maps=True)
+                    _, maps_real = teacher.forward_features(t_real, return_maps=True)
                 l_perc = _perceptual(maps_fake, maps_real)
             l_ssim = 1 - _ssim(fake, x)
             l_tok = F.mse_loss(out["tokens_pred"].float(), out["tokens_target"].float())
@@ -563,10 +592,6 @@ def train_vec2face(
 
 
 def load_vec2face(path: str | Path, device: torch.device | str = "cpu") -> Vec2Face:
-    """The trained generator (EMA weights) in eval mode."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("arch") != "vec2face":
-        raise ValueError(f"{path}: expected a vec2face checkpoint, got arch {ckpt.get('arch')!r}")
-    gen = Vec2Face(**ckpt["config"])
-    gen.load_state_dict(ckpt["state_dict"], strict=True)
-    return gen.to(device).eval()
+    """The generator in eval mode: this trainer's checkpoint (EMA weights) or upstream's released
+    vec2face_generator.pth (face_pipelines.models.vec2face.load_vec2face)."""
+    return models_vec2face.load_vec2face(path, device)
