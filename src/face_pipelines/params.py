@@ -194,9 +194,30 @@ class AblationParams(Strict):
 
 # --------------------------------------------------------------------------------------------------
 # vec2face
+class FeatureProbeParams(Strict):
+    """Identity-disjoint linear probes of the teacher's raw features (metrics.feature_probe)."""
+
+    enabled: bool = Field(True, description="write the 'feature_probe' section of the report")
+    folds: int = Field(5, ge=2, description="identity-disjoint folds (>= 2 identities per fold)")
+    max_images: int | None = Field(
+        None, gt=0, description="probe a random subset of this many images (null = all)"
+    )
+    ridge_alpha: float = Field(
+        1.0, gt=0, description="L2 strength of the ridge and logistic probes (fixed, no search)"
+    )
+    attributes: list[str] | None = Field(
+        None,
+        description="manifest columns to probe (null = every column but path/identity bookkeeping)",
+    )
+
+
 class Vec2FaceParams(Strict):
     train: Vec2FaceTrainConfig = Field(
         default_factory=Vec2FaceTrainConfig, description="generator recipe"
+    )
+    probe: FeatureProbeParams = Field(
+        default_factory=FeatureProbeParams,
+        description="what the teacher's raw features carry (pose, light, age, accessories)",
     )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from face_pipelines.metrics.feature_probe import probe_summary
 from face_pipelines.metrics.feature_stats import frechet_distance
 from face_pipelines.metrics.separability import (
     intra_class_cosines,
@@ -109,6 +110,14 @@ def build_dataset_card(
     return card
 
 
+def add_feature_probe(card: dict, vec2face_report: dict) -> dict:
+    """The card plus the vec2face report's "what the features carry" section (identity-disjoint
+    probes of the teacher's raw features): a set whose generator could not see pose or lighting in
+    its input vectors shows it here, next to the yaw measures it explains."""
+    section = vec2face_report.get("feature_probe")
+    return card if section is None else {**card, "feature_probe": section}
+
+
 def add_pose_code_measures(
     card: dict, pose_success: dict, judge: dict, real_pose_success: dict | None = None
 ) -> dict:
@@ -201,6 +210,8 @@ def card_summary(card: dict) -> str:
         lines.append(
             f"  judge identity cos (re-rendered real): {card['judge_identity_cos_mean']:.3f}"
         )
+    if card.get("feature_probe", {}).get("probes"):
+        lines.append(f"  teacher features carry: {probe_summary(card['feature_probe'], limit=6)}")
     failed = [k for k, ok in card["checks"].items() if not ok]
     lines.append("  checks: all passed" if not failed else f"  checks not met: {', '.join(failed)}")
     return "\n".join(lines)

@@ -14,6 +14,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "teacher_summary",
                     "judge_summary",
                     "teacher_features",
+                    "subset_packed_manifest",
                     "subset_packed_dir",
                     "vec2face_dir",
                     "vec2face_grids_dir",
