@@ -18,7 +18,9 @@ besides noise on the vector.
 
 Differences from the upstream implementation, on purpose:
 - ResBlocks that change channels apply their 1x1 shortcut to the block input x (upstream applied
-  it to the residual branch h, losing the identity path).
+  it to the residual branch h, losing the identity path). The released weights were trained with
+  upstream's block, so `load_vec2face` builds them with ``shortcut_on_branch=True``, which computes
+  exactly that; the project's own models keep the normal residual.
 - The mask ratio is drawn per sample (upstream: one ratio per batch), so the images of a batch do
   not share one masking strength; the number of dropped rows is fixed (ceil(G*min)) so the encoder
   input keeps a rectangular shape.
@@ -28,10 +30,14 @@ Differences from the upstream implementation, on purpose:
 
 from __future__ import annotations
 
+import argparse
 import math
-from collections.abc import Mapping
+import pickle
+import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -40,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from timm.models.vision_transformer import Block
 from torch import nn
 
-from face_pipelines.errors import DataError, ParameterError
+from face_pipelines.errors import DataError, MissingInputError, ParameterError
 
 __all__ = [
     "INFERENCE_MASKING",
@@ -53,6 +59,9 @@ __all__ = [
     "Vec2Face",
     "Vec2FaceConfig",
     "build_vec2face",
+    "load_vec2face",
+    "released_config",
+    "released_state_dict",
     "sample_mask_ratios",
     "sample_row_mask",
 ]
@@ -157,6 +166,16 @@ class Vec2FaceConfig(BaseModel):
         ge=1,
         description="GroupNorm groups in the image decoder (reduced "
         "to the largest divisor of a layer's channels for narrow layers).",
+    )
+    res_conv_bias: bool = Field(
+        True,
+        description="Bias on the image decoder's ResBlock convolutions (the release has none).",
+    )
+    shortcut_on_branch: bool = Field(
+        False,
+        description="Upstream's ResBlock: where a block changes channels, out = shortcut(h) + h "
+        "with h the branch output (the block input never reaches the output). Only for the "
+        "released weights, which were trained that way; False is the normal residual.",
     )
     fp32_transformer: bool = Field(
         False,
@@ -354,25 +373,38 @@ def _group_norm(channels: int, groups: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """GroupNorm-SiLU-conv3x3 twice, plus a shortcut of the input (1x1 conv when channels change)."""
+    """GroupNorm-SiLU-conv3x3 twice, plus a shortcut of the input (1x1 conv when channels change).
 
-    def __init__(self, in_channels: int, out_channels: int, norm_groups: int = 32) -> None:
+    With ``shortcut_on_branch`` a channel-changing block computes upstream's out = shortcut(h) + h
+    instead (h: the branch output, shortcut: a Cout -> Cout 1x1 conv); see the module docstring.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        norm_groups: int = 32,
+        conv_bias: bool = True,
+        shortcut_on_branch: bool = False,
+    ) -> None:
         super().__init__()
         self.norm1 = _group_norm(in_channels, norm_groups)
-        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=conv_bias)
         self.norm2 = _group_norm(out_channels, norm_groups)
-        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=conv_bias)
+        self.shortcut_on_branch = shortcut_on_branch and in_channels != out_channels
+        shortcut_in = out_channels if self.shortcut_on_branch else in_channels
         self.shortcut = (
             nn.Identity()
             if in_channels == out_channels
-            else nn.Conv2d(in_channels, out_channels, 1)
+            else nn.Conv2d(shortcut_in, out_channels, 1, bias=conv_bias)
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x [B, Cin, H, W] -> [B, Cout, H, W]."""
         h = self.conv1(F.silu(self.norm1(x)))
         h = self.conv2(F.silu(self.norm2(h)))
-        return self.shortcut(x) + h
+        return self.shortcut(h if self.shortcut_on_branch else x) + h
 
 
 class Upsample(nn.Module):
@@ -406,21 +438,27 @@ class ImageDecoder(nn.Module):
         num_res_blocks: tuple[int, ...],
         mid_blocks: int,
         norm_groups: int,
+        res_conv_bias: bool = True,
+        shortcut_on_branch: bool = False,
     ) -> None:
         super().__init__()
         self.grid_size = grid_size
         self.to_latent = nn.Linear(in_dim, z_channels)
         channels = ch * ch_mult[-1]
         self.conv_in = nn.Conv2d(z_channels, channels, 3, padding=1)
-        self.mid = nn.Sequential(
-            *(ResBlock(channels, channels, norm_groups) for _ in range(mid_blocks))
+        res_block = partial(
+            ResBlock,
+            norm_groups=norm_groups,
+            conv_bias=res_conv_bias,
+            shortcut_on_branch=shortcut_on_branch,
         )
+        self.mid = nn.Sequential(*(res_block(channels, channels) for _ in range(mid_blocks)))
         levels = []
         for level in reversed(range(len(ch_mult))):
             out_channels = ch * ch_mult[level]
             layers: list[nn.Module] = []
             for _ in range(num_res_blocks[level]):
-                layers.append(ResBlock(channels, out_channels, norm_groups))
+                layers.append(res_block(channels, out_channels))
                 channels = out_channels
             if level != 0:
                 layers.append(Upsample(channels))
@@ -468,6 +506,9 @@ class Vec2Face(nn.Module):
       multipliers (finest first), ResBlocks per level (an int or one per level) and at the
       coarsest level (8 / (1,1,2,4,8) / (0,1,1,1,1) / 1).
     - norm_groups: GroupNorm groups of the image decoder (8, reduced for narrow layers).
+    - res_conv_bias: bias on the ResBlock convolutions (True; the release has none).
+    - shortcut_on_branch: upstream's channel-changing ResBlock, out = shortcut(h) + h (False; set
+      by `load_vec2face` for the released weights only).
     - fp32_transformer: run transformer blocks in fp32 outside autocast (False).
     - train_masking / inference_masking: mask-ratio distributions ({min, max, mu, sigma};
       0.5/1/0.75/0.25 and 0.1/1/0.15/0.25).
@@ -517,6 +558,8 @@ class Vec2Face(nn.Module):
             num_res_blocks=cfg.res_blocks_per_level(),
             mid_blocks=cfg.mid_blocks,
             norm_groups=cfg.norm_groups,
+            res_conv_bias=cfg.res_conv_bias,
+            shortcut_on_branch=cfg.shortcut_on_branch,
         )
         self.initialize_weights()
 
@@ -677,8 +720,10 @@ class Vec2Face(nn.Module):
         masking: Any = "inference",
         generator: torch.Generator | None = None,
     ) -> torch.Tensor:
-        """Images clamped to [-1, 1] for rendering and AttrOP.
+        """Images [B, 3, H, W] clamped to [-1, 1] for rendering and AttrOP.
 
+        `masking` as in `forward`: 'inference' (default) draws random rows, a second source of
+        intra-class variation; None renders deterministically with no row masked or dropped.
         Autograd stays on (AttrOP optimises the input vector through this); wrap in
         torch.no_grad() for plain rendering, and call .eval() first to switch dropout off.
         """
@@ -710,3 +755,250 @@ def build_vec2face(
         return Vec2Face(**params)
     with torch.device(device):
         return Vec2Face(**params)
+
+
+# --------------------------------------------------------------------------------------------------
+# loading: the project's checkpoints and upstream's released generator (vec2face_generator.pth)
+# Attention heads are not in the weights' shapes: these are the published vec2face_vit_base_patch16
+# (encoder, decoder).
+RELEASE_NUM_HEADS = (12, 16)
+# In the released file but never called by upstream's forward.
+_RELEASE_UNUSED = ("center_token.", "patch_embed.")
+_EXPECTED_FILE = (
+    "expected the project's vec2face checkpoint {arch: 'vec2face', config, state_dict, meta} or "
+    "upstream's released vec2face_generator.pth (a dict whose 'model_vec2face' entry is the "
+    "generator's state dict)"
+)
+# Released names that only change prefix: (pattern, project name).
+_RELEASE_RENAMES = (
+    (r"latent_prior_proj_f\.(.+)", "vector_embed.{}"),
+    (r"feature_token\.(.+)", "grid_expand.{}"),
+    (r"token_emb\.LayerNorm\.(.+)", "embed_norm.{}"),
+    (r"((?:decoder_)?blocks\.\d+\..+|(?:decoder_)?norm\..+|decoder_embed\..+)", "{}"),
+    (r"decoder_pos_embed_learned", "decoder_pos_embed"),
+    (r"im_decoder_proj\.(.+)", "image_decoder.to_latent.{}"),
+    (r"im_decoder\.((?:conv_in|conv_out|norm_out)\..+)", "image_decoder.{}"),
+)
+
+
+def _shapes(state: Mapping[str, Any]) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) if hasattr(v, "shape") else tuple(v) for k, v in state.items()}
+
+
+def _indices(keys: Any, prefix: str) -> list[int]:
+    """The distinct N of keys `<prefix>N.<rest>`, sorted."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return sorted({int(m[1]) for k in keys if (m := pattern.match(k))})
+
+
+def released_config(state: Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
+    """The Vec2Face config of a released-layout generator state dict, read off its shapes.
+
+    `state` maps upstream's key names to tensors or shapes (so a key -> shape listing works too).
+    Widths, depths, grid, feature dimension and the image decoder's channels come from the shapes;
+    the heads (not in any shape) are the published ones unless `overrides` set them. The result
+    computes upstream's function: bias-free ResBlock convs, the shortcut on the branch, GroupNorm
+    with 32 groups, transformer blocks in fp32 under autocast.
+    """
+    shape = _shapes(state)
+
+    def need(key: str) -> tuple[int, ...]:
+        if key not in shape:
+            raise DataError(f"released Vec2Face state dict has no {key!r}; {_EXPECTED_FILE}")
+        return shape[key]
+
+    width, feat_dim = need("latent_prior_proj_f.weight")
+    decoder_width = need("decoder_embed.weight")[0]
+    if decoder_width != width:
+        raise DataError(
+            f"released Vec2Face state dict: decoder width {decoder_width} != encoder width {width} "
+            "(upstream regresses decoder tokens onto encoder-width targets, so they are equal)"
+        )
+    n_rows = need("feature_token.weight")[0]
+    grid = math.isqrt(n_rows)
+    if grid * grid != n_rows:
+        raise DataError(f"released Vec2Face feature_token has {n_rows} rows, not a square grid")
+    mlp_ratio = need("blocks.0.mlp.fc1.weight")[0] / width
+    if need("decoder_blocks.0.mlp.fc1.weight")[0] != mlp_ratio * decoder_width:
+        raise DataError("released Vec2Face encoder and decoder blocks have different MLP ratios")
+    levels = _indices(shape, "im_decoder.up.")
+    blocks = [len(_indices(shape, f"im_decoder.up.{n}.block.")) for n in levels]
+    if levels != list(range(len(levels))) or not all(blocks):
+        raise DataError(
+            f"released Vec2Face image decoder: expected up.0..up.N each with ResBlocks, got levels "
+            f"{levels} with {blocks} blocks"
+        )
+    channels = [need(f"im_decoder.up.{n}.block.0.conv2.weight")[0] for n in levels]
+    ch = math.gcd(*channels)
+    config = {
+        "feat_dim": feat_dim,
+        "image_size": grid * 2 ** (len(levels) - 1),
+        "grid_size": grid,
+        "width": width,
+        "depth": len(_indices(shape, "blocks.")),
+        "num_heads": RELEASE_NUM_HEADS[0],
+        "decoder_width": decoder_width,
+        "decoder_depth": len(_indices(shape, "decoder_blocks.")),
+        "decoder_num_heads": RELEASE_NUM_HEADS[1],
+        "mlp_ratio": mlp_ratio,
+        "qkv_bias": "blocks.0.attn.qkv.bias" in shape,
+        "dropout": 0.1,
+        "z_channels": need("im_decoder_proj.weight")[0],
+        "ch": ch,
+        "ch_mult": tuple(c // ch for c in channels),
+        "num_res_blocks": tuple(blocks),
+        "mid_blocks": len(_indices(shape, "im_decoder.mid.block_")),
+        "norm_groups": 32,
+        "res_conv_bias": "im_decoder.up.0.block.0.conv1.bias" in shape,
+        "shortcut_on_branch": True,
+        "fp32_transformer": True,
+        **overrides,
+    }
+    try:
+        return _parse_config(config).model_dump()
+    except ParameterError as err:
+        raise ParameterError(
+            f"{err} (config read off the released weights' shapes, heads {RELEASE_NUM_HEADS} from "
+            "the published model; a scaled-down file may need num_heads/decoder_num_heads set)"
+        ) from None
+
+
+def _project_name(key: str, num_res_blocks: Sequence[int]) -> str | None:
+    """This module's name for a released key (None: not a key of the released layout)."""
+    for pattern, name in _RELEASE_RENAMES:
+        if m := re.fullmatch(pattern, key):
+            return name.format(*m.groups())
+    if m := re.fullmatch(r"im_decoder\.mid\.block_(\d+)\.(.+)", key):  # taming counts from 1
+        return f"image_decoder.mid.{int(m[1]) - 1}.{m[2]}"
+    # up.N is level N, finest first; this module keeps the levels coarsest first.
+    last = len(num_res_blocks) - 1
+    if m := re.fullmatch(r"im_decoder\.up\.(\d+)\.block\.(\d+)\.(.+)", key):
+        param = m[3].replace("nin_shortcut.", "shortcut.")
+        return f"image_decoder.levels.{last - int(m[1])}.{m[2]}.{param}"
+    if m := re.fullmatch(r"im_decoder\.up\.(\d+)\.upsample\.(.+)", key):
+        level = int(m[1])
+        if level < len(num_res_blocks):
+            return f"image_decoder.levels.{last - level}.{num_res_blocks[level]}.{m[2]}"
+    return None
+
+
+def released_state_dict(
+    state: Mapping[str, torch.Tensor], num_res_blocks: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Upstream's generator state dict under this module's names (config from `released_config`).
+
+    The position embedding is upstream's nn.Embedding looked up at its `position_ids` buffer;
+    center_token.* and patch_embed.* are dropped (upstream's forward never calls them). A key of
+    no known role is an error, so nothing in the file is silently ignored.
+    """
+    out: dict[str, torch.Tensor] = {}
+    unknown = []
+    for key, value in state.items():
+        if key.startswith(_RELEASE_UNUSED) or key.startswith("token_emb.position_"):
+            continue
+        name = _project_name(key, num_res_blocks)
+        if name is None:
+            unknown.append(key)
+        else:
+            out[name] = value
+    if unknown:
+        raise DataError(
+            f"released Vec2Face state dict has {len(unknown)} keys of no known role, e.g. "
+            f"{unknown[:5]}; {_EXPECTED_FILE}"
+        )
+    for key in ("token_emb.position_embeddings.weight", "token_emb.position_ids"):
+        if key not in state:
+            raise DataError(f"released Vec2Face state dict has no {key!r}; {_EXPECTED_FILE}")
+    table = state["token_emb.position_embeddings.weight"]
+    ids = state["token_emb.position_ids"].reshape(-1).long()
+    if not ids.is_meta and len(ids) and (ids.min() < 0 or ids.max() >= len(table)):
+        raise DataError(
+            f"released Vec2Face position_ids {ids.tolist()} index outside the {len(table)} "
+            "position embeddings"
+        )
+    out["pos_embed"] = table.index_select(0, ids).unsqueeze(0)
+    return out
+
+
+def _read_generator_file(path: Path) -> Any:
+    # weights_only refuses every pickled object but tensors and plain containers; upstream's saver
+    # adds its argparse.Namespace, which holds only plain values, so that one class is allowed.
+    if not path.is_file():
+        raise MissingInputError(f"Vec2Face checkpoint {path} does not exist; {_EXPECTED_FILE}")
+    try:
+        with torch.serialization.safe_globals([argparse.Namespace]):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        what = found[1] if found else str(exc).splitlines()[0]
+        raise DataError(
+            f"Vec2Face checkpoint {path} was refused: it pickles {what}, and only tensors, plain "
+            f"containers and argparse.Namespace are loaded (weights_only); {_EXPECTED_FILE}"
+        ) from exc
+    except Exception as exc:  # zip/EOF/runtime errors of a truncated or foreign file
+        raise DataError(
+            f"Vec2Face checkpoint {path} is corrupt or not a torch file "
+            f"({type(exc).__name__}: {exc}); {_EXPECTED_FILE}"
+        ) from exc
+
+
+def _weights_and_config(
+    obj: Any, path: Path, overrides: Mapping[str, Any]
+) -> tuple[Mapping[str, torch.Tensor], dict[str, Any]]:
+    if isinstance(obj, Mapping) and obj.get("arch") == "vec2face":
+        if not isinstance(obj.get("state_dict"), Mapping):
+            raise DataError(f"Vec2Face checkpoint {path} has no state_dict; {_EXPECTED_FILE}")
+        return obj["state_dict"], dict(obj.get("config") or {})
+    if isinstance(obj, Mapping) and isinstance(obj.get("model_vec2face"), Mapping):
+        released = obj["model_vec2face"]
+    elif isinstance(obj, Mapping) and "latent_prior_proj_f.weight" in obj:  # a bare generator
+        released = obj
+    else:
+        kind = (
+            f"a dict with keys {sorted(map(str, obj))[:8]} (arch {obj.get('arch')!r})"
+            if isinstance(obj, Mapping)
+            else f"a {type(obj).__name__}"
+        )
+        raise DataError(f"Vec2Face checkpoint {path} is {kind}; {_EXPECTED_FILE}")
+    bad = [k for k, v in released.items() if not isinstance(v, torch.Tensor)]
+    if bad:
+        raise DataError(
+            f"Vec2Face checkpoint {path}: 'model_vec2face' entries {bad[:5]} are no tensors"
+        )
+    config = released_config(released, **overrides)
+    return released_state_dict(released, config["num_res_blocks"]), config
+
+
+def load_vec2face(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    config_overrides: Mapping[str, Any] | None = None,
+) -> Vec2Face:
+    """A Vec2Face in eval mode from the project's checkpoint or upstream's released generator.
+
+    The project's checkpoint ({arch: 'vec2face', config, state_dict, ...}, see
+    face_pipelines.io.checkpoint) rebuilds from its config. Upstream's file (its `model_vec2face`
+    entry; the other training entries are ignored) is built from `released_config` - which
+    `config_overrides` amends, e.g. the heads of a scaled-down file - and computes upstream's
+    forward. The file is read with weights_only=True; only argparse.Namespace is allowed besides
+    tensors and plain containers.
+
+    Raises:
+        MissingInputError: `path` does not exist.
+        DataError: the file is corrupt, pickles other objects, or is neither layout, or its
+            weights do not fit the config (the message names the file and what was expected).
+    """
+    path = Path(path)
+    state, config = _weights_and_config(
+        _read_generator_file(path), path, dict(config_overrides or {})
+    )
+    with torch.device("meta"):  # the weights replace every parameter: skip a random init
+        model = Vec2Face(**config)
+    state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+    try:
+        model.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as exc:
+        raise DataError(
+            f"Vec2Face checkpoint {path}: weights do not fit its config: {exc}"
+        ) from exc
+    return model.to(device).eval()
