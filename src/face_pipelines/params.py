@@ -212,8 +212,14 @@ class FeatureProbeParams(Strict):
 
 
 class Vec2FaceParams(Strict):
+    source: Literal["train", "checkpoint"] = Field(
+        "train",
+        description="train the generator on the subset, or load one by path (upstream's "
+        "released vec2face_generator.pth or a vec2face checkpoint of this project)",
+    )
+    checkpoint: str | None = Field(None, description="the generator file when source=checkpoint")
     train: Vec2FaceTrainConfig = Field(
-        default_factory=Vec2FaceTrainConfig, description="generator recipe"
+        default_factory=Vec2FaceTrainConfig, description="generator recipe when source=train"
     )
     probe: FeatureProbeParams = Field(
         default_factory=FeatureProbeParams,

@@ -14,11 +14,13 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
-from face_pipelines.errors import DataError, MissingInputError
+from face_pipelines.errors import DataError, MissingInputError, ParameterError
 from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.models.vec2face import (
     VEC2FACE_PRESETS,
@@ -28,6 +30,9 @@ from face_pipelines.models.vec2face import (
     released_config,
     released_state_dict,
 )
+from face_pipelines.params import validate_section
+from face_pipelines.pipelines.vec2face.nodes import load_generator_checkpoint
+from face_pipelines.synthesis.factory import load_generator
 from face_pipelines.training import vec2face as training_vec2face
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "vec2face_release_generator_keys.json"
@@ -356,3 +361,42 @@ def test_full_size_release_maps_completely_without_allocating():
     model.load_state_dict(mapped, strict=True, assign=True)
     n_params = sum(p.numel() for p in model.parameters())
     assert 173e6 < n_params < 174.2e6
+
+
+# --------------------------------------------------------------------------------------------------
+# pipeline: vec2face.source=checkpoint
+def test_checkpoint_source_writes_the_report_render_reads(tmp_path, released_small):
+    path, sd = released_small
+    feats = np.random.default_rng(0).normal(size=(5, SMALL["feat_dim"])).astype(np.float32) * 4
+    report = load_generator_checkpoint(str(path), feats, tmp_path / "grids", device="cpu")
+    assert report["checkpoint"] == str(path) and report["source"] == "checkpoint"
+    assert report["image_size"] == 48 and report["config"]["shortcut_on_branch"] is True
+    json.dumps(report)  # the catalog stores it as JSON
+    # rows: unmasked, two inference-masking draws; 2 px padding around 48 px tiles
+    assert Image.open(report["grid"]).size == (5 * 50 + 2, 3 * 50 + 2)
+    # what the render stage does with the report
+    gen = load_generator(report["checkpoint"], "cpu")
+    f = torch.from_numpy(feats)
+    with torch.no_grad():
+        want = published_forward(sd, f).clamp(-1, 1)
+        assert (gen.generate(f, masking=None) - want).abs().max().item() <= 1e-4
+
+
+def test_checkpoint_source_names_the_parameter_and_the_file(tmp_path, released_small):
+    feats = np.zeros((2, SMALL["feat_dim"]), np.float32)
+    for value in (None, str(tmp_path / "missing.pth")):
+        with pytest.raises(MissingInputError) as err:
+            load_generator_checkpoint(value, feats, tmp_path, device="cpu")
+        message = str(err.value)
+        assert "vec2face.checkpoint" in message and "vec2face_generator.pth" in message
+        assert "\n" not in message
+    with pytest.raises(ParameterError, match="teacher"):
+        load_generator_checkpoint(str(released_small[0]), np.zeros((2, 7)), tmp_path, "cpu")
+
+
+def test_vec2face_source_parameters_are_validated():
+    p = validate_section("vec2face", {"source": "checkpoint", "checkpoint": "/models/g.pth"})
+    assert (p.source, p.checkpoint) == ("checkpoint", "/models/g.pth")
+    assert validate_section("vec2face", {}).source == "train"
+    with pytest.raises(ParameterError, match="vec2face.source"):
+        validate_section("vec2face", {"source": "released"})
