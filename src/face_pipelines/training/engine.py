@@ -4,7 +4,8 @@ A stage supplies a `step_fn(batch, state) -> {"loss": tensor, ...}` that runs th
 `state.autocast()` and hands each loss to `state.backward_and_step(loss, name)`; the engine does the
 rest, top to bottom:
 
-    resume from <checkpoint_dir>/last.pt if it exists
+    resume from <checkpoint_dir>/last.pt if it exists and was written by the same configuration, data
+    and code (otherwise set it aside as stale-<time>.pt, say why, and start from scratch)
     for each remaining epoch:
         for each batch (skipping those done before a mid-epoch checkpoint):
             metrics = step_fn(batch, state)           # backward + optimizer steps inside
@@ -31,11 +32,18 @@ The checkpoint (`last.pt`, a face_pipelines checkpoint with arch "face_pipelines
 holds every model, optimizer, scheduler and scaler state, the Python / NumPy / torch (CPU and CUDA)
 RNG states of every rank, the sampler (data order) and loader-generator state, the step, epoch and
 position inside the epoch. Restoring it continues the run exactly as if it had not stopped (on CPU).
+
+The run configuration stored in it (and compared before resuming) holds the caller's `config` (recipe
+and data fingerprints), `grad_accum_steps` and the digest of the face_pipelines source the run
+executes (`code_version.source_digest` over the engine's, the step function's, the models' and the
+dataset's modules and what they import), so a run whose loss, model or data code changed is never
+resumed or reused as finished.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import logging
 import math
@@ -55,6 +63,7 @@ from tqdm.auto import tqdm
 from face_pipelines.errors import DataError, FacePipelinesError, ParameterError
 from face_pipelines.io.atomic import atomic_path
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
+from face_pipelines.training.code_version import SourceDigest, source_digest
 from face_pipelines.training.device import PrecisionPolicy, resolve_device, unwrap_model
 from face_pipelines.training.distributed import (
     EpochSampler,
@@ -68,6 +77,7 @@ from face_pipelines.training.distributed import (
 log_warning = logging.getLogger(__name__).warning
 TRAIN_STATE_ARCH = "face_pipelines.train_state"
 LAST_CHECKPOINT = "last.pt"
+SOURCE_KEY = "source_code"  # run-config entry holding the digest of the code the run executes
 
 StepFn = Callable[[Any, "TrainState"], Mapping[str, Any]]
 LogFn = Callable[[dict[str, float], int], None]
@@ -486,7 +496,8 @@ def fit(
         keep_every_epochs: keep a copy `epoch_<n>.pt` every this many epochs (besides last.pt).
         epoch_end_fn: called on every rank after each epoch's checkpoint with (state, epoch
             metrics); the metrics it returns are added to the epoch's log.
-        config: plain run configuration stored in the checkpoint.
+        config: plain run configuration stored in the checkpoint; a checkpoint written with
+            another one (epochs aside), or by other code (see `_run_source`), is set aside.
         progress: show a tqdm bar (rank 0).
         desc: progress-bar label.
 
@@ -501,15 +512,16 @@ def fit(
     rank0 = info.rank == 0
     ckpt_path = Path(checkpoint_dir) / LAST_CHECKPOINT if checkpoint_dir is not None else None
     run_config = {"epochs": epochs, "grad_accum_steps": state.grad_accum_steps, **(config or {})}
+    if ckpt_path is not None:
+        source = _run_source(step_fn, state, loader)
+        run_config[SOURCE_KEY] = {"digest": source.digest, "files": source.files}
     if ckpt_path is not None and ckpt_path.exists():
-        if _is_stale(ckpt_path, run_config):
+        reason = _stale_reason(ckpt_path, run_config)
+        if reason:
             stale = ckpt_path.with_name(f"stale-{time.strftime('%Y%m%dT%H%M%S')}.pt")
             if rank0:
                 ckpt_path.replace(stale)
-                log_warning(
-                    f"{ckpt_path} was written by a run with another configuration; "
-                    f"moved it to {stale.name} and starting from scratch"
-                )
+                log_warning(f"{reason}; moved it to {stale.name} and starting from scratch")
             barrier()
         else:
             load_train_state(state, ckpt_path, loader)
@@ -610,13 +622,45 @@ def fit(
     return history
 
 
-def _is_stale(path: Path, run_config: Mapping[str, Any]) -> bool:
-    """True when the checkpoint's run configuration differs from this run's (epochs aside: a longer
-    run may continue a shorter one)."""
+def _run_source(step_fn: StepFn, state: TrainState, loader: Any) -> SourceDigest:
+    """Digest of the face_pipelines code this run executes: the import closure of the engine, the
+    step function's module (the trainer, which also builds models, data and optimizers), the
+    models' classes and the loader's dataset class."""
+    fn = step_fn
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    roots = {__name__, getattr(fn, "__module__", None) or type(fn).__module__}
+    roots.update(type(unwrap_model(m)).__module__ for m in state.models.values())
+    dataset = getattr(loader, "dataset", None)
+    if dataset is not None:
+        roots.add(type(dataset).__module__)
+    return source_digest(sorted(roots))
+
+
+def _stale_reason(path: Path, run_config: Mapping[str, Any]) -> str | None:
+    """Why the checkpoint at `path` must not be resumed by this run, or None when it may be.
+
+    It may when its run configuration equals this run's, epochs aside (a longer run may continue a
+    shorter one) - the source digest included, so changed code is never resumed or reused.
+    """
     saved = dict(load_checkpoint(path, map_location="cpu").get("config") or {})
     ours = {k: v for k, v in run_config.items() if k != "epochs"}
     saved.pop("epochs", None)
-    return _plain(saved) != _plain(ours)
+    saved_source, our_source = saved.pop(SOURCE_KEY, None), ours.pop(SOURCE_KEY, None)
+    if _plain(saved) != _plain(ours):
+        return f"{path} was written by a run with another configuration"
+    if _plain(saved_source) == _plain(our_source):
+        return None
+    if not isinstance(saved_source, Mapping) or "files" not in saved_source:
+        return (
+            f"code changed since {path} was written: it records no source digest (written "
+            "before runs recorded the code they ran)"
+        )
+    changed = SourceDigest(our_source["digest"], our_source["files"]).changed_files(
+        saved_source["files"]
+    )
+    shown = ", ".join(changed[:6]) + (f" and {len(changed) - 6} more" if len(changed) > 6 else "")
+    return f"code changed since {path} was written: {shown or 'source digest differs'}"
 
 
 def _plain(obj: Any) -> Any:
