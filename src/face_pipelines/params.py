@@ -115,30 +115,36 @@ class PoseParams(Strict):
     train: PoseConfig = Field(default_factory=PoseConfig, description="recipe when source=train")
 
 
-class TeacherParams(Strict):
+class BareStateDictRecognizer(Strict):
+    """How to build a recognizer from a bare state_dict (insightface backbone.pth, MagFace); a
+    project checkpoint records its own architecture."""
+
+    checkpoint_arch: str | None = Field(None, description="arch of a bare state_dict (iresnet100)")
+    checkpoint_input_size: int = Field(112, gt=0, description="input size of a bare state_dict")
+    checkpoint_embedding_dim: int = Field(512, gt=0, description="embedding of a bare state_dict")
+
+    def checkpoint_kwargs(self) -> dict:
+        """`load_recognizer` keyword arguments for a bare state_dict."""
+        return {
+            "arch": self.checkpoint_arch,
+            "input_size": self.checkpoint_input_size,
+            "embedding_dim": self.checkpoint_embedding_dim,
+        }
+
+
+class TeacherParams(BareStateDictRecognizer):
     source: Literal["train", "checkpoint"] = Field(
         "train", description="train on FaceWorld's pretrain pool, or load a recognizer by path"
     )
     checkpoint: str | None = Field(
         None, description="project checkpoint or insightface backbone.pth when source=checkpoint"
     )
-    checkpoint_arch: str | None = Field(None, description="arch of a bare state_dict (iresnet100)")
-    checkpoint_input_size: int = Field(112, gt=0, description="input size of a bare state_dict")
-    checkpoint_embedding_dim: int = Field(512, gt=0, description="embedding of a bare state_dict")
     recognizer: RecognizerConfig = Field(
         default_factory=RecognizerConfig, description="recipe when source=train"
     )
     judge: JudgeParams = Field(default_factory=JudgeParams, description="independent judge")
     pose: PoseParams = Field(default_factory=PoseParams, description="head-pose model for AttrOP")
     feature_batch_size: int = Field(256, gt=0, description="batch size of feature extraction")
-
-    def checkpoint_kwargs(self) -> dict:
-        """How to build a teacher from a bare state_dict (`load_recognizer` keyword arguments)."""
-        return {
-            "arch": self.checkpoint_arch,
-            "input_size": self.checkpoint_input_size,
-            "embedding_dim": self.checkpoint_embedding_dim,
-        }
 
 
 # --------------------------------------------------------------------------------------------------
@@ -327,9 +333,68 @@ class SampleParams(Strict):
     config: SampleConfig = Field(default_factory=SampleConfig, description="sampling recipe")
 
 
+class AttrOPRecognizerModel(BareStateDictRecognizer):
+    source: Literal["teacher", "checkpoint"] = Field(
+        "teacher",
+        description="the teacher (teacher pipeline's checkpoint), or a recognizer by path",
+    )
+    checkpoint: str | None = Field(
+        None,
+        description="project checkpoint or insightface-style bare state_dict (source=checkpoint)",
+    )
+    checkpoint_arch: str | None = Field(
+        "iresnet100", description="arch of a bare state_dict (the released files: iresnet100)"
+    )
+
+
+class AttrOPQualityModel(AttrOPRecognizerModel):
+    target: float | None = Field(
+        None,
+        gt=0,
+        description="quality (embedding norm) target of every AttrOP image, e.g. 27 for MagFace "
+        "IResNet-100; null = the plan's quality_target (a quantile of the teacher's real norms)",
+    )
+
+    @model_validator(mode="after")
+    def _check_target(self):
+        if self.source == "checkpoint" and self.target is None:
+            raise ValueError(
+                "quality_model.target must be set with source 'checkpoint': the plan's targets "
+                "are the teacher's norms; give the quality model's own (27 for MagFace)"
+            )
+        return self
+
+
+class AttrOPPoseModel(Strict):
+    source: Literal["faceworld", "sixdrepnet"] = Field(
+        "faceworld",
+        description="the teacher pipeline's yaw/pitch regressor, or a 6DRepNet file by path",
+    )
+    checkpoint: str | None = Field(
+        None, description="6DRepNet_300W_LP_AFLW2000.pth (deploy or train form) for sixdrepnet"
+    )
+
+
+class RenderAttrOPParams(AttrOPConfig):
+    """AttrOP settings plus the models it steers with (all part of the render shards' hash)."""
+
+    identity_model: AttrOPRecognizerModel = Field(
+        default_factory=AttrOPRecognizerModel,
+        description="identity loss recognizer; must embed into the teacher's feature space",
+    )
+    quality_model: AttrOPQualityModel = Field(
+        default_factory=AttrOPQualityModel, description="recognizer whose embedding norm is quality"
+    )
+    pose_model: AttrOPPoseModel = Field(
+        default_factory=AttrOPPoseModel, description="differentiable yaw model"
+    )
+
+
 class RenderParams(RenderSettings):
     attrop_enabled: bool = Field(True, description="run AttrOP on the plan's attrop rows")
-    attrop: AttrOPConfig = Field(default_factory=AttrOPConfig, description="AttrOP settings")
+    attrop: RenderAttrOPParams = Field(
+        default_factory=RenderAttrOPParams, description="AttrOP settings and models"
+    )
     export_recordio: bool = Field(False, description="also write <dataset>.rec/.idx")
 
 

@@ -1,13 +1,15 @@
-"""Attribute models that AttrOP steers with: a differentiable head-pose regressor.
-
-Quality is the MagFace feature norm of a recognizer (face_pipelines.models.heads.magface_quality),
-so it needs no model of its own here.
+"""Attribute models that AttrOP steers with: a differentiable head-pose regressor, and quality as
+the MagFace feature norm of a recognizer (face_pipelines.models.heads.magface_quality) - the
+teacher's own, or a separate recognizer's through `EmbeddingNormQuality`.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+from face_pipelines.models.heads import magface_quality
 
 POSE_SCALE_DEG = 90.0  # outputs are regressed in units of 90 degrees, reported in degrees
 
@@ -77,3 +79,22 @@ class AttributeClassifier(nn.Module):
         h = self.features(x)
         # Mean and max pooling: a small accessory shows up in the max long before the mean.
         return self.head(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))
+
+
+class EmbeddingNormQuality(nn.Module):
+    """Quality of images [B, 3, H, W] in [-1, 1] = the L2 norm of a recognizer's raw embedding [B].
+
+    For a MagFace-trained recognizer (e.g. the released MagFace IResNet-100) the norm is its
+    quality score. Images of another size than `input_size` are resized bilinearly.
+    """
+
+    def __init__(self, recognizer: nn.Module, input_size: int) -> None:
+        super().__init__()
+        self.recognizer = recognizer
+        self.input_size = int(input_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if images.shape[-2:] != (self.input_size, self.input_size):
+            size = (self.input_size, self.input_size)
+            images = F.interpolate(images, size=size, mode="bilinear", align_corners=False)
+        return magface_quality(self.recognizer(images))

@@ -12,7 +12,13 @@ import numpy as np
 import pandas as pd
 
 from face_pipelines.io.atomic import write_text_atomic
-from face_pipelines.params import validate_section
+from face_pipelines.io.subset import require_path
+from face_pipelines.params import (
+    RenderAttrOPParams,
+    RenderParams,
+    TeacherParams,
+    validate_section,
+)
 from face_pipelines.reporting.dataset_card import card_figure, card_summary
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.reporting.rendered import rendered_dataset_card
@@ -22,6 +28,54 @@ from face_pipelines.synthesis.render import export_recordio, file_fingerprint, r
 from face_pipelines.training.device import resolve_device
 
 log = logging.getLogger(__name__)
+
+
+def _attrop_models(
+    a: RenderAttrOPParams, teacher_summary: dict, pose_summary: dict, t: TeacherParams, device: str
+) -> partial:
+    """AttrOP's (picklable) model factory from render.attrop's model keys; user paths are checked
+    here, before any rendering starts."""
+    key = "render.attrop"
+    identity, identity_kwargs = teacher_summary["checkpoint"], t.checkpoint_kwargs()
+    if a.identity_model.source == "checkpoint":
+        what = "a recognizer embedding into the teacher's feature space (the teacher's weights)"
+        identity = str(
+            require_path(a.identity_model.checkpoint, f"{key}.identity_model.checkpoint", what)
+        )
+        identity_kwargs = a.identity_model.checkpoint_kwargs()
+    pose, pose_kind = pose_summary["checkpoint"], "pose_regressor"
+    if a.pose_model.source == "sixdrepnet":
+        what = "the 6DRepNet file (6DRepNet_300W_LP_AFLW2000.pth, deploy or train form)"
+        pose = str(require_path(a.pose_model.checkpoint, f"{key}.pose_model.checkpoint", what))
+        pose_kind = "sixdrepnet"
+    quality = None
+    if a.quality_model.source == "checkpoint":
+        what = "a recognizer whose embedding norm is quality (MagFace IResNet-100 state dict)"
+        quality = str(
+            require_path(a.quality_model.checkpoint, f"{key}.quality_model.checkpoint", what)
+        )
+    return partial(
+        load_attrop_models,
+        identity,
+        pose,
+        identity_kwargs,
+        device,
+        pose_kind,
+        quality,
+        a.quality_model.checkpoint_kwargs(),
+    )
+
+
+def _attrop_plan(identity_plan: pd.DataFrame, p: RenderParams) -> pd.DataFrame:
+    """The plan as rendered: no AttrOP rows when it is off; render.attrop.quality_model.target,
+    when set, is the quality target of every AttrOP row (the plan's are the teacher's norms)."""
+    if not p.attrop_enabled:
+        return identity_plan.assign(attrop=False)
+    target = p.attrop.quality_model.target
+    if target is None:
+        return identity_plan
+    optimised = identity_plan["attrop"].fillna(False).to_numpy(dtype=bool)
+    return identity_plan.assign(quality_target=np.where(optimised, target, np.nan))
 
 
 def render_synthetic_dataset(
@@ -46,16 +100,10 @@ def render_synthetic_dataset(
     if p.attrop_enabled and bool(identity_plan["attrop"].any()):
         editor = AttrOPBatchEditor(
             identity_centres,
-            partial(
-                load_attrop_models,
-                teacher_summary["checkpoint"],
-                pose_summary["checkpoint"],
-                t.checkpoint_kwargs(),
-                device,
-            ),
+            _attrop_models(p.attrop, teacher_summary, pose_summary, t, device),
             config=p.attrop,
         )
-    plan = identity_plan if p.attrop_enabled else identity_plan.assign(attrop=False)
+    plan = _attrop_plan(identity_plan, p)
     manifest, report = render_dataset(
         plan,
         np.asarray(identity_vectors),
