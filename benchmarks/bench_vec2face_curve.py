@@ -47,6 +47,7 @@ RECIPES = {
         "discriminator_scales": 1,
         "gan_kind": "hinge",
         "gan_start_epoch": 4,
+        "teacher_view_jitter": 0,
         "weights": {
             "pixel": 1.0,
             "identity": 2.0,
@@ -80,7 +81,10 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO / "data"), help="the project's data/ folder")
     ap.add_argument("--work", default="/tmp/vec2face_curve", help="per-recipe training folders")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     data = Path(args.data)
     teacher_dir = data / "06_models" / "teacher"

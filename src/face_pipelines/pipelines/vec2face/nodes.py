@@ -17,6 +17,7 @@ from face_pipelines.models.vec2face import load_vec2face
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.figures import image_figure, image_grid
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
+from face_pipelines.training.attributes import load_pose_regressor
 from face_pipelines.training.device import resolve_device
 from face_pipelines.training.recognizer import load_recognizer
 from face_pipelines.training.vec2face import generate_batched, train_vec2face
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 def train_generator(
     teacher_summary: dict,
     judge_summary: dict,
+    pose_summary: dict,
     teacher_features: np.ndarray,
     subset_packed_manifest: pd.DataFrame,
     subset_packed_dir: Path,
@@ -65,6 +67,8 @@ def train_generator(
         **t.checkpoint_kwargs(),
     )
     judge_model, _ = load_recognizer(judge_summary["checkpoint"], arch=t.judge.checkpoint_arch)
+    # The pose model is in no generator loss: it reads whether G(f) turns the head as x does.
+    pose_model = load_pose_regressor(pose_summary["checkpoint"])
     hist = MetricHistory()
     report = train_vec2face(
         subset_packed_dir,
@@ -77,6 +81,7 @@ def train_generator(
         device=com.device,
         progress=com.progress,
         log=hist,
+        pose_model=pose_model,
     )
     report["judge"] = {
         "checkpoint": judge_summary["checkpoint"],

@@ -13,6 +13,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                 inputs=[
                     "teacher_summary",
                     "judge_summary",
+                    "pose_summary",
                     "teacher_features",
                     "subset_packed_manifest",
                     "subset_packed_dir",
