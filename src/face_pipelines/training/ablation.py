@@ -26,6 +26,7 @@ from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.metrics.benchmarks import verification_table
 from face_pipelines.reporting.metrics import MetricHistory
+from face_pipelines.training.code_version import source_digest
 from face_pipelines.training.device import resolve_device
 from face_pipelines.training.recognizer import RecognizerConfig, train_recognizer
 
@@ -76,8 +77,15 @@ def variant_configs(
 
 
 def _run_key(config: RecognizerConfig, packed_dir: Path) -> str:
+    # The trainer's source is part of the key: a finished variant trained by other code is not
+    # reused (the engine applies the same rule to train_state/last.pt).
+    code = source_digest(["face_pipelines.training.recognizer"]).digest
     blob = json.dumps(
-        {"config": config.model_dump(), "data": PackedImages(packed_dir).fingerprint()},
+        {
+            "config": config.model_dump(),
+            "data": PackedImages(packed_dir).fingerprint(),
+            "code": code,
+        },
         sort_keys=True,
         default=str,
     )
