@@ -226,7 +226,7 @@ def _train_worker(
         cfg.schedule,
         total_steps=total,
         warmup_steps=int(math.ceil(cfg.warmup_epochs * steps_per_epoch)),
-        milestones=[e * steps_per_epoch for e in cfg.milestones],
+        milestones=cfg.milestones,  # epochs: the schedule divides steps by steps_per_epoch
         steps_per_epoch=steps_per_epoch,
     )
     state = TrainState.create(
