@@ -149,6 +149,19 @@ class TeacherParams(BareStateDictRecognizer):
 
 # --------------------------------------------------------------------------------------------------
 # recognizer / evaluate
+class RecognizerDataParams(Strict):
+    """How a training set is stored (face_pipelines.training.data.choose_training_format)."""
+
+    format: Literal["auto", "packed", "jpeg"] = Field(
+        "auto",
+        description="packed: decode once into raw uint8 shards; jpeg: read the JPEGs in place, "
+        "decoded in the loader workers; auto: packed while the decoded set fits packed_limit_gib",
+    )
+    packed_limit_gib: float = Field(
+        8.0, gt=0, description="auto packs a set only if N*H*W*3 bytes stay within this"
+    )
+
+
 class RecognizerParams(Strict):
     match_image_count: bool = Field(
         True,
@@ -159,6 +172,9 @@ class RecognizerParams(Strict):
     seed: int = Field(0, description="seed of the subsampling")
     train: RecognizerConfig = Field(
         default_factory=RecognizerConfig, description="the recipe, identical for every instance"
+    )
+    data: RecognizerDataParams = Field(
+        default_factory=RecognizerDataParams, description="training-set storage (size rule)"
     )
 
 

@@ -16,10 +16,15 @@ Augmentations (each applied with its own probability, in this order):
 
 Randomness comes from a per-sample seed that `EpochSampler(with_sample_seeds=True)` passes in with
 the index, so a run gives the same images whatever the number of workers and after a resume.
+
+Storage: a training set is packed (decoded once, H*W*3 bytes per image, memory-mapped) or read from
+its JPEGs (`EncodedFaceDataset`: decoded in the loader's workers). `choose_training_format` picks by
+size; both datasets give the same tensors for the same images, keys and seeds.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import random
@@ -33,6 +38,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from face_pipelines.errors import DataError, ParameterError
+from face_pipelines.io.encoded import EncodedImages
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.training.distributed import EpochSampler
 
@@ -245,6 +251,120 @@ class PackedFaceDataset(Dataset):
         idx, rngs = self._split_keys(list(keys))
         images, labels = self.packed.get_batch(idx)
         return [self._finish(images[j], labels[j], rngs[j]) for j in range(len(idx))]
+
+
+class EncodedFaceDataset(PackedFaceDataset):
+    """`PackedFaceDataset` over encoded images (io.encoded): each JPEG is read and decoded by the
+    loader worker that fetches it. Same keys, augmentation and output, so a set trains the same
+    whichever way it is stored.
+
+    An image that cannot be read or decoded is skipped: left out of its batch (which is one image
+    shorter), counted in `skipped` and appended to `<skip_log_dir>/skipped-<pid>.jsonl` - workers
+    are separate processes, so a file is how the trainer learns of it (`read_skip_log`). A batch
+    in which no image decodes raises DataError: that is a broken set, not a stray bad file.
+
+    Args:
+        encoded: the EncodedImages reader.
+        augmentation: what to apply (default: none).
+        indices: optional subset of image numbers; dataset item i is image indices[i].
+        skip_log_dir: where skipped images are listed (None: only counted in this process).
+    """
+
+    def __init__(
+        self,
+        encoded: EncodedImages,
+        augmentation: AugmentationConfig | None = None,
+        indices: np.ndarray | None = None,
+        skip_log_dir: str | os.PathLike | None = None,
+    ):
+        # The parent's methods read the images through `self.packed`: here the encoded reader.
+        self.packed = encoded
+        self.augmentation = augmentation or AugmentationConfig.none()
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.skip_log_dir = None if skip_log_dir is None else Path(skip_log_dir)
+        self.skipped = 0
+
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        return self.__getitems__([key])[0]
+
+    def __getitems__(self, keys: list[Any]) -> list[tuple[torch.Tensor, int]]:
+        idx, rngs = self._split_keys(list(keys))
+        out, failed = [], []
+        for i, rng in zip(idx, rngs, strict=True):
+            try:
+                image, label = self.packed[int(i)]
+            except DataError as exc:
+                failed.append(
+                    {"item": int(i), "source": self.packed.source(int(i)), "error": str(exc)}
+                )
+                continue
+            out.append(self._finish(image, label, rng))
+        if failed:
+            self._record_skips(failed)
+        if not out:
+            raise DataError(
+                f"none of the {len(failed)} images of a batch could be decoded, e.g. "
+                f"{failed[0]['error']}; the training set {self.packed!r} is broken"
+            )
+        return out
+
+    def _record_skips(self, failed: list[dict]) -> None:
+        self.skipped += len(failed)
+        if self.skip_log_dir is None:
+            return
+        self.skip_log_dir.mkdir(parents=True, exist_ok=True)
+        lines = "".join(json.dumps(f) + "\n" for f in failed)
+        # A file per process: lines of concurrent workers never interleave.
+        with open(self.skip_log_dir / f"skipped-{os.getpid()}.jsonl", "a") as f:
+            f.write(lines)
+
+
+def read_skip_log(skip_log_dir: str | os.PathLike) -> dict:
+    """Images `EncodedFaceDataset` skipped (over every worker and epoch, each listed once):
+    {"skipped": count, "items": [{"item", "source", "error"}, ...] sorted by item}."""
+    items: dict[int, dict] = {}
+    for path in sorted(Path(skip_log_dir).glob("skipped-*.jsonl")):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                entry = json.loads(line)
+                items.setdefault(int(entry["item"]), entry)
+    return {"skipped": len(items), "items": [items[k] for k in sorted(items)]}
+
+
+def face_dataset(
+    images: PackedImages | EncodedImages,
+    augmentation: AugmentationConfig | None = None,
+    skip_log_dir: str | os.PathLike | None = None,
+) -> PackedFaceDataset:
+    """The training dataset for a set of either storage (io.encoded.open_image_set)."""
+    if isinstance(images, EncodedImages):
+        return EncodedFaceDataset(images, augmentation, skip_log_dir=skip_log_dir)
+    return PackedFaceDataset(images, augmentation)
+
+
+def choose_training_format(
+    n_images: int, image_size: int, requested: str = "auto", packed_limit_gib: float = 8.0
+) -> tuple[str, str]:
+    """How to store a training set: ("packed" | "jpeg", why).
+
+    `auto` packs when the decoded images (n * size * size * 3 bytes) fit under `packed_limit_gib`:
+    packing decodes every JPEG once and stores it raw, the fastest to read but 37,632 bytes per
+    112 px image (~564 GB for 15M images); above the limit the set is read from its JPEGs, decoded
+    in the loader workers. `packed` / `jpeg` force the choice.
+    """
+    if requested not in ("auto", "packed", "jpeg"):
+        raise ParameterError(f"training-set format must be auto, packed or jpeg, got {requested!r}")
+    raw = int(n_images) * int(image_size) ** 2 * 3
+    amount = f"{raw / 2**30:,.2f} GiB" if raw >= 2**30 / 100 else f"{raw / 2**20:,.2f} MiB"
+    size = f"{n_images:,} images x {image_size}x{image_size}x3 = {amount} decoded"
+    if requested != "auto":
+        return requested, f"{requested} (set by the format parameter; {size})"
+    if raw <= packed_limit_gib * 2**30:
+        return "packed", f"packed: {size} <= packed_limit_gib {packed_limit_gib:g}"
+    return "jpeg", (
+        f"jpeg: {size} > packed_limit_gib {packed_limit_gib:g}; images are read from their JPEGs "
+        "and decoded in the loader workers"
+    )
 
 
 class PackedTargetDataset(PackedFaceDataset):

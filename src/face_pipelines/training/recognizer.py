@@ -8,6 +8,7 @@ guided structure alignment + structure damage estimation on top of an ArcFace/Co
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from face_pipelines.errors import ParameterError
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
+from face_pipelines.io.encoded import open_image_set
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.losses.perturbations import random_structure_perturbation
 from face_pipelines.losses.topofr import (
@@ -32,7 +34,12 @@ from face_pipelines.losses.topofr import (
 )
 from face_pipelines.models.heads import build_head
 from face_pipelines.models.registry import build_backbone, load_backbone_weights
-from face_pipelines.training.data import AugmentationConfig, PackedFaceDataset, make_loader
+from face_pipelines.training.data import (
+    AugmentationConfig,
+    face_dataset,
+    make_loader,
+    read_skip_log,
+)
 from face_pipelines.training.device import (
     maybe_channels_last,
     maybe_compile,
@@ -192,7 +199,9 @@ def _train_worker(
     cfg = RecognizerConfig.model_validate(cfg_dict)
     info = world_info()
     device_spec = resolve_device(device_spec)
-    packed = PackedImages(Path(packed_root))
+    packed = open_image_set(packed_root)  # packed, or JPEGs decoded in the loader workers
+    data_fingerprint = packed.fingerprint()
+    skip_log_dir = Path(out_dir) / "skipped_images" / data_fingerprint
     torch.manual_seed(cfg.seed)
     backbone = build_backbone(cfg.arch, **cfg.backbone_args(packed.image_size))
     m = {} if cfg.m is None else {"m": cfg.m}
@@ -207,7 +216,7 @@ def _train_worker(
     )
     net = RecognizerNet(backbone, head)
     aug = AugmentationConfig(**cfg.augment.model_dump())
-    dataset = PackedFaceDataset(packed, augmentation=aug)
+    dataset = face_dataset(packed, augmentation=aug, skip_log_dir=skip_log_dir)
     loader = make_loader(
         dataset,
         cfg.batch_size,
@@ -252,7 +261,7 @@ def _train_worker(
         checkpoint_dir=Path(out_dir) / "train_state",
         log=log,
         log_every=cfg.log_every,
-        config={**cfg.model_dump(), "data": packed.fingerprint()},  # never resume on other data
+        config={**cfg.model_dump(), "data": data_fingerprint},  # never resume on other data
         progress=progress,
         desc=f"train {cfg.arch}",
     )
@@ -274,12 +283,22 @@ def _train_worker(
             },
         )
     last = history[-1] if history else {}
+    skips = read_skip_log(skip_log_dir)
+    if skips["skipped"]:
+        logging.getLogger(__name__).warning(
+            "%d training image(s) of %s could not be decoded and were skipped, e.g. %s",
+            skips["skipped"],
+            packed_root,
+            skips["items"][0]["error"],
+        )
     return {
         "checkpoint": str(final),
         "epochs": cfg.epochs,
         "images": len(packed),
         "identities": packed.num_classes,
         "final": {k: float(v) for k, v in last.items()},
+        "skipped_images": skips["skipped"],
+        "skipped_items": skips["items"][:100],
     }
 
 
@@ -291,7 +310,9 @@ def train_recognizer(
     progress: bool = True,
     log: Callable[[dict, int], None] | None = None,
 ) -> dict:
-    """Train a recognizer on a packed dataset; writes `<out_dir>/model.pt` (backbone checkpoint).
+    """Train a recognizer on a training-set folder - packed, or an encoded one whose JPEGs are
+    decoded in the loader workers (io.encoded) - and write `<out_dir>/model.pt` (backbone
+    checkpoint). Images that fail to decode are skipped and listed in the summary.
 
     Resumes from `<out_dir>/train_state/last.pt` if a previous run was interrupted. With
     `config.devices > 1` the worker is launched torchrun-style (one process per device); inside an

@@ -3,15 +3,20 @@ subset (the baseline), each as a namespaced instance of one pipeline."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+from face_pipelines.io.encoded import EncodedImages, write_encoded_index
 from face_pipelines.io.subset import pack_subset, repack_packed, subsample_per_identity
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.metrics import MetricHistory
+from face_pipelines.training.data import choose_training_format
 from face_pipelines.training.recognizer import train_recognizer
+
+log = logging.getLogger(__name__)
 
 
 def plan_training_sets(
@@ -34,15 +39,31 @@ def plan_training_sets(
 def build_synthetic_training_set(
     plan: dict, synthetic_dataset_info: dict, packed_dir: Path, recognizer: dict, common: dict
 ) -> dict:
-    """Decode the rendered synthetic dataset (subsampled per the plan) into the packed format."""
+    """The rendered synthetic dataset (subsampled per the plan) as a training set: decoded into the
+    packed format, or - when that would not fit `recognizer.data` - an index of its JPEGs."""
+    p = validate_section("recognizer", recognizer)
     com = validate_section("common", common)
     root = Path(synthetic_dataset_info["root"])
+    size = int(synthetic_dataset_info["image_size"])
     manifest = pd.read_parquet(root / "manifest.parquet")
     chosen = subsample_per_identity(manifest, plan["images"]["synthetic"], plan["seed"])
+    fmt, why = choose_training_format(len(chosen), size, p.data.format, p.data.packed_limit_gib)
+    log.info("recognizer training set from %s: %s", root, why)
+    if fmt == "jpeg":
+        images = EncodedImages.from_folder(root, chosen["path"], chosen["identity"], size)
+        write_encoded_index(packed_dir, images)
+        return {
+            "packed_dir": str(packed_dir),
+            "images": len(images),
+            "identities": int(chosen["identity"].nunique()),
+            "skipped": 0,  # a JPEG that fails to decode is skipped (and listed) by the trainer
+            "format": fmt,
+            "format_reason": why,
+        }
     _, report = pack_subset(
         chosen,
         packed_dir,
-        image_size=int(synthetic_dataset_info["image_size"]),
+        image_size=size,
         shard_size=4096,
         folder_root=root,
         num_workers=com.num_workers,
@@ -53,6 +74,8 @@ def build_synthetic_training_set(
         "images": report["packed"],
         "identities": int(chosen["identity"].nunique()),
         "skipped": report["skipped"],
+        "format": fmt,
+        "format_reason": why,
     }
 
 
@@ -67,6 +90,10 @@ def build_real_training_set(
     com = validate_section("common", common)
     m = subset_packed_manifest.assign(_row=np.arange(len(subset_packed_manifest)))
     chosen = subsample_per_identity(m, plan["images"]["real"], plan["seed"])
+    # The subset stage already holds these images packed: copying rows reads no JPEG again.
+    log.info(
+        "recognizer training set 'real': packed, %d rows of %s", len(chosen), subset_packed_dir
+    )
     info = repack_packed(
         subset_packed_dir, chosen["_row"].to_numpy(), packed_dir, progress=com.progress
     )
