@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -25,24 +24,15 @@ import numpy as np
 import PIL
 import torch
 
-from _env import cpu_name, make_packed  # benchmarks/_env.py (scripts run from benchmarks/)
+from _env import (  # benchmarks/_env.py (scripts run from benchmarks/)
+    cpu_device,
+    make_packed,
+    time_epochs,
+)
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.training.data import AugmentationConfig, PackedFaceDataset, make_loader
 
 RESULTS = Path(__file__).resolve().parent / "results" / "loader.json"
-
-
-def time_epochs(loader, repeats: int) -> list[float]:
-    """Seconds per full pass over `loader`, after one untimed pass (worker start, page cache)."""
-    times = []
-    for epoch in range(repeats + 1):
-        loader.sampler.set_epoch(epoch)
-        t0 = time.perf_counter()
-        for images, labels in loader:
-            assert images.dtype == torch.uint8 and len(images) == len(labels)
-        if epoch:
-            times.append(time.perf_counter() - t0)
-    return times
 
 
 def main() -> None:
@@ -70,7 +60,7 @@ def main() -> None:
                         seed=0,
                         num_workers=workers,
                     )
-                    times = time_epochs(loader, args.repeats)
+                    times, _ = time_epochs(loader, args.repeats)
                     del loader  # stop persistent workers before the next configuration
                     images = (args.images // args.batch_size) * args.batch_size
                     median = statistics.median(times)
@@ -94,14 +84,7 @@ def main() -> None:
 
     result = {
         "benchmark": "PackedImages -> PackedFaceDataset -> make_loader, uint8 CHW batches",
-        "device": {
-            "kind": "cpu",
-            "cpu": cpu_name(),
-            "logical_cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            # Other processes compete for a shared CPU: read the figures against this.
-            "load_average_1min_at_start": load_before,
-        },
+        "device": cpu_device(load_before),
         "versions": {
             "python": sys.version.split()[0],
             "torch": torch.__version__,
