@@ -140,3 +140,35 @@ def test_teacher_view_moves_fake_and_real_together():
     moved = [not torch.equal(teacher_view(x, x, 4, s)[0], x) for s in range(8)]
     assert any(moved)
     assert torch.equal(teacher_view(x, x, 4, 5)[0], teacher_view(x, x, 4, 5)[0])  # by step
+
+
+def test_card_carries_the_generator_heldout_measures():
+    from face_pipelines.reporting.dataset_card import add_generator_quality, card_summary
+
+    numbers = [
+        "identities",
+        "images",
+        "images_on_disk",
+        "images_per_second",
+        "threshold",
+        "separability",
+        "separability_real",
+        "separability_at_0_4",
+        "separability_at_0_4_real",
+        "intra_class_cos_mean",
+        "intra_class_cos_mean_real",
+        "yaw_abs_mean",
+        "yaw_abs_mean_real",
+        "yaw_beyond_30_fraction",
+        "yaw_beyond_30_fraction_real",
+        "feature_fd",
+        "leaked_identities",
+    ]
+    card = dict.fromkeys(numbers, 1) | {"checks": {}}
+    assert add_generator_quality(card, {"checkpoint": "x"}) is card  # nothing measured: unchanged
+    report = {"ssim_mean": 0.41, "judge_identity_cos_mean": 0.7, "yaw_corr": 0.55, "grid": "g"}
+    report |= {"pixel_spread_generated": 0.08, "pixel_spread_real": 0.22}
+    out = add_generator_quality(card, report)
+    assert out["generator_heldout"]["yaw_corr"] == 0.55 and "grid" not in out["generator_heldout"]
+    line = [x for x in card_summary(out).splitlines() if "generator on held-out" in x][0]
+    assert "SSIM 0.410" in line and "yaw corr 0.550" in line and "(real 0.220)" in line

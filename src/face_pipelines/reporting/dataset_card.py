@@ -110,6 +110,28 @@ def build_dataset_card(
     return card
 
 
+GENERATOR_CARD_KEYS = (
+    "ssim_mean",
+    "judge_identity_cos_mean",
+    "identity_cos_mean",
+    "pixel_spread_generated",
+    "pixel_spread_real",
+    "yaw_corr",
+    "yaw_abs_mean_generated",
+    "yaw_abs_mean_real",
+    "yaw_gt30_generated",
+    "yaw_gt30_real",
+)
+
+
+def add_generator_quality(card: dict, vec2face_report: dict) -> dict:
+    """The card plus the generator's held-out measures from its report (G(f) against the real
+    image: SSIM, judge identity cos, pixel spread, the yaw a pose model reads off both), so a set's
+    card says how well the generator that made it renders real faces."""
+    found = {k: vec2face_report[k] for k in GENERATOR_CARD_KEYS if k in vec2face_report}
+    return card if not found else {**card, "generator_heldout": found}
+
+
 def add_feature_probe(card: dict, vec2face_report: dict) -> dict:
     """The card plus the vec2face report's "what the features carry" section (identity-disjoint
     probes of the teacher's raw features): a set whose generator could not see pose or lighting in
@@ -210,6 +232,22 @@ def card_summary(card: dict) -> str:
         lines.append(
             f"  judge identity cos (re-rendered real): {card['judge_identity_cos_mean']:.3f}"
         )
+    if "generator_heldout" in card:
+        g = card["generator_heldout"]
+        parts = [
+            f"{label} {g[k]:.3f}"
+            for label, k in (
+                ("SSIM", "ssim_mean"),
+                ("judge cos", "judge_identity_cos_mean"),
+                ("yaw corr", "yaw_corr"),
+            )
+            if k in g
+        ]
+        if "pixel_spread_generated" in g and "pixel_spread_real" in g:
+            parts.append(
+                f"pixel spread {g['pixel_spread_generated']:.3f} (real {g['pixel_spread_real']:.3f})"
+            )
+        lines.append(f"  generator on held-out faces: {', '.join(parts)}")
     if card.get("feature_probe", {}).get("probes"):
         lines.append(f"  teacher features carry: {probe_summary(card['feature_probe'], limit=6)}")
     failed = [k for k, ok in card["checks"].items() if not ok]

@@ -19,7 +19,12 @@ from face_pipelines.params import (
     TeacherParams,
     validate_section,
 )
-from face_pipelines.reporting.dataset_card import card_figure, card_summary
+from face_pipelines.reporting.dataset_card import (
+    add_feature_probe,
+    add_generator_quality,
+    card_figure,
+    card_summary,
+)
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.attrop import AttrOPBatchEditor
@@ -139,6 +144,7 @@ def make_dataset_card(
     subset_packed_dir: Path,
     teacher_summary: dict,
     pose_summary: dict,
+    vec2face_report: dict,
     sample: dict,
     render: dict,
     vec2face: dict,
@@ -167,6 +173,9 @@ def make_dataset_card(
         device,
     )
     card["parameters"] = {"sample": sample, "render": render, "vec2face": vec2face}
+    # What the generator's input vectors carry and how well it renders held-out faces explain
+    # the card's yaw and spread numbers; both come from the vec2face report.
+    card = add_generator_quality(add_feature_probe(card, vec2face_report), vec2face_report)
     write_text_atomic(root / "dataset_card.json", json.dumps(card, indent=2))
     summary = card_summary(card)
     log.info("\n%s", summary)

@@ -36,6 +36,7 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "subset_packed_dir",
                     "teacher_summary",
                     "pose_summary",
+                    "vec2face_report",
                     "params:sample",
                     "params:render",
                     "params:vec2face",
