@@ -347,6 +347,12 @@ class ELEGANTParams(Strict):
 # sample / render
 class SampleParams(Strict):
     config: SampleConfig = Field(default_factory=SampleConfig, description="sampling recipe")
+    distribution_centres: str | None = Field(
+        None,
+        description="a .npy of identity centres [C, D] of ANOTHER set (per-identity mean raw "
+        "features from the same teacher) to fit the centre distribution on, so sampling does not "
+        "re-draw the training identities (the paper's practice); null = the subset's own centres",
+    )
 
 
 class AttrOPRecognizerModel(BareStateDictRecognizer):

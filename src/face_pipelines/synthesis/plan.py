@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from face_pipelines.errors import DataError
 from face_pipelines.synthesis.sampling import (
     calibrate_threshold,
     fit_centre_distribution,
@@ -117,26 +118,35 @@ class SampledCentres(NamedTuple):
 
 
 def sample_centres(
-    features: np.ndarray, labels: np.ndarray, cfg: CentreSamplingConfig, **run
+    features: np.ndarray,
+    labels: np.ndarray,
+    cfg: CentreSamplingConfig,
+    fit_centres: np.ndarray | None = None,
+    **run,
 ) -> SampledCentres:
     """Well-separated, non-leaking identity centres from a Gaussian fitted to the real centres of
     `features` (any identity space: the teacher's, a DR-GAN encoder's).
 
-    `run`: device and progress, as sample_identity_centres takes them.
+    `fit_centres`: identity centres [C, D] of ANOTHER set in the same space to fit the Gaussian on
+    instead (the paper's guard against re-drawing the training identities); leakage is still
+    checked against the centres of `features`. `run`: device and progress, as
+    sample_identity_centres takes them.
     """
     features = np.asarray(features, dtype=np.float32)
     real_centres = identity_centres(features, labels)
     n_real = len(real_centres)
     n_ids = cfg.n_ids or n_real
     k = cfg.images_per_identity or max(1, int(round(len(features) / n_real)))
-    threshold = cfg.threshold
-    calibrated = threshold is None
-    if calibrated:
-        threshold = calibrate_threshold(
-            real_centres, cfg.calibration_quantile, device=run.get("device", "cpu")
-        )
+    # The calibrated value is reported beside a fixed threshold too: it says where the fixed one
+    # sits in this teacher's real nearest-identity distribution.
+    calibrated_threshold = calibrate_threshold(
+        real_centres, cfg.calibration_quantile, device=run.get("device", "cpu")
+    )
+    calibrated = cfg.threshold is None
+    threshold = calibrated_threshold if calibrated else cfg.threshold
     leak = cfg.leakage_threshold if cfg.leakage_threshold is not None else threshold
-    dist = fit_centre_distribution(real_centres, cfg.distribution, cfg.pca_components)
+    fit_on = real_centres if fit_centres is None else _other_centres(fit_centres, features.shape[1])
+    dist = fit_centre_distribution(fit_on, cfg.distribution, cfg.pca_components)
     gen = np.random.default_rng(cfg.seed)
     centres, sample_report = sample_identity_centres(
         dist,
@@ -155,11 +165,26 @@ def sample_centres(
         "images_per_identity": int(k),
         "threshold": float(threshold),
         "threshold_calibrated": calibrated,
+        "calibrated_threshold": float(calibrated_threshold),
         "calibration_quantile": cfg.calibration_quantile,
         "leakage_threshold": float(leak),
+        "distribution_fitted_on": "subset" if fit_centres is None else "other set",
+        "distribution_identities": int(len(fit_on)),
         "sampling": sample_report,
     }
     return SampledCentres(centres.astype(np.float32), int(k), report, gen)
+
+
+def _other_centres(centres: np.ndarray, dim: int) -> np.ndarray:
+    centres = np.asarray(centres, dtype=np.float32)
+    if centres.ndim != 2 or centres.shape[1] != dim or len(centres) < 2:
+        raise DataError(
+            f"identity centres of another set: expected float [C >= 2, {dim}] (per-identity mean "
+            f"features in the same teacher's space), got shape {centres.shape}"
+        )
+    if not np.isfinite(centres).all():
+        raise DataError("identity centres of another set: non-finite values")
+    return centres
 
 
 def make_identity_plan(
@@ -168,11 +193,15 @@ def make_identity_plan(
     cfg: SampleConfig,
     device: str = "cpu",
     progress: bool = True,
+    fit_centres: np.ndarray | None = None,
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, dict]:
-    """Sample identity centres and per-image vectors; returns (plan, vectors, centres, report)."""
+    """Sample identity centres and per-image vectors; returns (plan, vectors, centres, report).
+
+    `fit_centres`: another set's identity centres to fit the centre distribution on (sample_centres).
+    """
     features = np.asarray(features, dtype=np.float32)
     centres, k, report, gen = sample_centres(
-        features, labels, cfg, device=device, progress=progress
+        features, labels, cfg, fit_centres, device=device, progress=progress
     )
     vectors, plan = intra_class_vectors(
         centres, k, [tuple(x) for x in cfg.sigma_mix], feature_std=features.std(0), generator=gen
