@@ -111,7 +111,11 @@ class PoseParams(Strict):
     source: Literal["train", "checkpoint"] = Field(
         "train", description="train the yaw/pitch regressor on FaceWorld labels, or load one"
     )
-    checkpoint: str | None = Field(None, description="pose_regressor checkpoint by path")
+    checkpoint: str | None = Field(
+        None,
+        description="pose_regressor checkpoint, or a 6DRepNet file (6DRepNet_300W_LP_AFLW2000.pth, "
+        "bare state dict in deploy or train form), by path",
+    )
     train: PoseConfig = Field(default_factory=PoseConfig, description="recipe when source=train")
 
 

@@ -13,6 +13,7 @@ from face_pipelines.errors import DataError
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.models.attributes import POSE_SCALE_DEG, PoseRegressor
+from face_pipelines.models.sixdrepnet import SixDRepNetPose, sixdrepnet_from_state_dict
 from face_pipelines.training.data import PackedTargetDataset, make_loader
 from face_pipelines.training.device import maybe_channels_last, resolve_device
 from face_pipelines.training.engine import TrainState, fit
@@ -105,12 +106,18 @@ def train_pose_regressor(
     }
 
 
-def load_pose_regressor(path: str | Path, device: torch.device | str = "cpu") -> PoseRegressor:
-    """A trained PoseRegressor in eval mode (from this project's checkpoint)."""
+def load_pose_regressor(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """A (yaw, pitch) model in eval mode: this project's PoseRegressor checkpoint, or a 6DRepNet
+    file (a bare state dict in deploy or train form, e.g. the released
+    6DRepNet_300W_LP_AFLW2000.pth). Both take RGB images in [-1, 1] and return degrees [B, 2]."""
     ckpt = load_checkpoint(path)
+    if ckpt.get("arch") is None:
+        net = sixdrepnet_from_state_dict(ckpt["state_dict"], source=f"6DRepNet file {path}")
+        return SixDRepNetPose(net).to(device).eval()
     if ckpt.get("arch") != "pose_regressor":
         raise DataError(
-            f"{path}: expected a pose_regressor checkpoint, got arch {ckpt.get('arch')!r}"
+            f"{path}: expected a pose_regressor checkpoint or a 6DRepNet state dict, got arch "
+            f"{ckpt.get('arch')!r}"
         )
     model = PoseRegressor(**ckpt["config"])
     model.load_state_dict(ckpt["state_dict"], strict=True)

@@ -67,7 +67,11 @@ def train_teacher(
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
     if t.source == "checkpoint":
-        path = require_path(t.checkpoint, "teacher.checkpoint", "a recognizer checkpoint")
+        path = require_path(
+            t.checkpoint,
+            "teacher.checkpoint",
+            "a recognizer checkpoint (the paper's: arcface-r100-glint360k.pth, insightface layout)",
+        )
         return {"checkpoint": str(path), "source": "checkpoint"}, {}
     summary, metrics = _train("teacher", t.recognizer, pretrain_packed_dir, teacher_dir, com)
     return {**summary, "source": "train"}, metrics
@@ -84,7 +88,11 @@ def train_judge(
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
     if t.judge.source == "checkpoint":
-        path = require_path(t.judge.checkpoint, "teacher.judge.checkpoint", "a judge checkpoint")
+        path = require_path(
+            t.judge.checkpoint,
+            "teacher.judge.checkpoint",
+            "a recognizer other than the teacher (e.g. magface-r100-glint360k.pth)",
+        )
         return {"checkpoint": str(path), "source": "checkpoint"}, {}
     summary, metrics = _train("judge", t.judge.recognizer, pretrain_packed_dir, teacher_dir, com)
     return {**summary, "source": "train"}, metrics
@@ -102,7 +110,9 @@ def train_pose_model(
     com = validate_section("common", common)
     if t.pose.source == "checkpoint":
         path = require_path(
-            t.pose.checkpoint, "teacher.pose.checkpoint", "a pose_regressor checkpoint"
+            t.pose.checkpoint,
+            "teacher.pose.checkpoint",
+            "a pose_regressor checkpoint or the 6DRepNet file (6DRepNet_300W_LP_AFLW2000.pth)",
         )
         return {"checkpoint": str(path), "source": "checkpoint"}, {}
     targets = pretrain_manifest[["yaw", "pitch"]].to_numpy(np.float32)
