@@ -184,8 +184,10 @@ class RecognizerParams(Strict):
 
 class EvaluateParams(Strict):
     faceworld_benchmarks: bool = Field(True, description="evaluate on FaceWorld's fw_* .bin files")
-    benchmarks: dict[str, str] = Field(
-        default_factory=dict, description="extra benchmarks {name: path to insightface .bin}"
+    benchmarks: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="extra benchmarks {name: path to insightface .bin}; a null path is an error "
+        "naming the key when evaluate runs (conf/paper lists the five the user gives)",
     )
     batch_size: int = Field(256, gt=0, description="embedding batch size")
 

@@ -40,7 +40,7 @@ def evaluate_on_benchmark(
 
 
 def benchmark_paths(
-    faceworld_info: Mapping | None, faceworld_benchmarks: bool, extra: Mapping[str, str]
+    faceworld_info: Mapping | None, faceworld_benchmarks: bool, extra: Mapping[str, str | None]
 ) -> dict[str, Path]:
     """The benchmarks to evaluate on: FaceWorld's fw_* .bin files (when enabled) plus `extra`.
 
