@@ -23,7 +23,7 @@ from pydantic import ValidationError
 
 from face_pipelines.errors import ParameterError
 from face_pipelines.io.atomic import write_text_atomic
-from face_pipelines.io.packed import PackedImages
+from face_pipelines.io.encoded import open_image_set
 from face_pipelines.metrics.benchmarks import verification_table
 from face_pipelines.reporting.metrics import MetricHistory
 from face_pipelines.training.code_version import source_digest
@@ -83,7 +83,7 @@ def _run_key(config: RecognizerConfig, packed_dir: Path) -> str:
     blob = json.dumps(
         {
             "config": config.model_dump(),
-            "data": PackedImages(packed_dir).fingerprint(),
+            "data": open_image_set(packed_dir).fingerprint(),
             "code": code,
         },
         sort_keys=True,
