@@ -12,6 +12,8 @@ have annealed its lr sooner: early points are, if anything, pessimistic).
 Runs are resumable: each recipe trains in `--work/<recipe>/` and picks up where it stopped.
 
     python benchmarks/bench_vec2face_curve.py --recipes old,new [--epochs 20] [--work DIR]
+    python benchmarks/bench_vec2face_curve.py --recipes old,new --collect   # table + JSON of the
+        points written so far (each run appends <work>/<recipe>/curve.jsonl as it goes)
 
 Writes benchmarks/results/vec2face_curve.json (or --out) and prints a table.
 """
@@ -33,7 +35,7 @@ from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.training.attributes import load_pose_regressor
 from face_pipelines.training.recognizer import load_recognizer
-from face_pipelines.training.vec2face import Vec2FaceTrainConfig, train_vec2face
+from face_pipelines.training.vec2face import CurveLog, Vec2FaceTrainConfig, train_vec2face
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results" / "vec2face_curve.json"
@@ -73,6 +75,22 @@ def recipe_config(name: str, epochs: int, curve_epochs: list[int]) -> Vec2FaceTr
     return Vec2FaceTrainConfig(**train)
 
 
+def print_curve(name: str, curve: list[dict]) -> None:
+    print(f"\n{name}:")
+    print(
+        f"{'epoch':>5} {'train s':>8} {'SSIM':>6} {'judge cos':>9} {'spread g/r':>11} "
+        f"{'|yaw| g/r':>10} {'>30 g/r':>11} {'yaw corr':>8}"
+    )
+    for p in curve:
+        print(
+            f"{p['epoch']:>5} {p['train_seconds']:>8.0f} {p['ssim_mean']:>6.3f} "
+            f"{p['judge_identity_cos_mean']:>9.3f} "
+            f"{p['pixel_spread_generated']:>5.3f}/{p['pixel_spread_real']:.3f} "
+            f"{p['yaw_abs_mean_generated']:>4.1f}/{p['yaw_abs_mean_real']:<4.1f} "
+            f"{p['yaw_gt30_generated']:>5.3f}/{p['yaw_gt30_real']:.3f} {p['yaw_corr']:>8.3f}"
+        )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--recipes", default="old,new", help=f"comma list of {sorted(RECIPES)}")
@@ -82,6 +100,9 @@ def main() -> None:
     ap.add_argument("--work", default="/tmp/vec2face_curve", help="per-recipe training folders")
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument(
+        "--collect", action="store_true", help="no training: tabulate the points already written"
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -104,27 +125,19 @@ def main() -> None:
         cfg = recipe_config(name, args.epochs, points)
         work = Path(args.work) / name
         t0 = time.perf_counter()
-        report = train_vec2face(
-            packed, features, teacher, judge, work, work / "grids", cfg, pose_model=pose
-        )
+        if args.collect:
+            curve = CurveLog(work / "curve.jsonl").points
+        else:
+            curve = train_vec2face(
+                packed, features, teacher, judge, work, work / "grids", cfg, pose_model=pose
+            )["curve"]
         results[name] = {
             "config": cfg.model_dump(),
             "wall_seconds_this_call": round(time.perf_counter() - t0, 1),
-            "curve": report["curve"],
+            "curve": curve,
         }
-        print(f"\n{name}:")
-        print(
-            f"{'epoch':>5} {'train s':>8} {'SSIM':>6} {'judge cos':>9} {'spread g/r':>11} "
-            f"{'|yaw| g/r':>10} {'>30 g/r':>11} {'yaw corr':>8}"
-        )
-        for p in report["curve"]:
-            print(
-                f"{p['epoch']:>5} {p['train_seconds']:>8.0f} {p['ssim_mean']:>6.3f} "
-                f"{p['judge_identity_cos_mean']:>9.3f} "
-                f"{p['pixel_spread_generated']:>5.3f}/{p['pixel_spread_real']:.3f} "
-                f"{p['yaw_abs_mean_generated']:>4.1f}/{p['yaw_abs_mean_real']:<4.1f} "
-                f"{p['yaw_gt30_generated']:>5.3f}/{p['yaw_gt30_real']:.3f} {p['yaw_corr']:>8.3f}"
-            )
+        print_curve(name, curve)
+
     out = {
         "machine": {
             "cpu": cpu_name(),
