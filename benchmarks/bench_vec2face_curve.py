@@ -62,7 +62,31 @@ RECIPES = {
         "ema_decay": 0.99,
     },
     "new": "conf/base",  # conf/base/parameters_vec2face.yml as it is now
+    # conf/base plus the pose-consistency term: the generator is told to turn the head as the
+    # real image is turned (read by the teacher pipeline's pose model, AttrOP's).
+    "pose": {"weights": {"pose": 1.0}},
 }
+
+
+def pose_judge(data: Path, work: Path):
+    """An independent pose reader for the curve: another seed and width than the teacher
+    pipeline's pose model, trained on the same labelled pretrain pool (about a minute)."""
+    import pandas as pd
+
+    from face_pipelines.training.attributes import PoseConfig, train_pose_regressor
+
+    out = work / "pose_judge"
+    if not (out / "model.pt").exists():
+        targets = pd.read_parquet(data / "03_primary" / "pretrain_manifest.parquet")
+        cfg = PoseConfig(widths=[24, 48, 96, 96], epochs=4, seed=1)
+        train_pose_regressor(
+            data / "03_primary" / "pretrain_packed",
+            targets[["yaw", "pitch"]].to_numpy(np.float32),
+            out,
+            cfg,
+            progress=False,
+        )
+    return load_pose_regressor(out / "model.pt")
 
 
 def recipe_config(name: str, epochs: int, curve_epochs: list[int]) -> Vec2FaceTrainConfig:
@@ -70,7 +94,9 @@ def recipe_config(name: str, epochs: int, curve_epochs: list[int]) -> Vec2FaceTr
     train = dict(base["train"])
     spec = RECIPES[name]
     if spec != "conf/base":
-        train.update(spec)
+        for key, value in spec.items():
+            # A recipe's loss weights amend conf/base's; every other key replaces its value.
+            train[key] = {**train[key], **value} if key == "weights" else value
     train.update({"epochs": epochs, "curve_epochs": curve_epochs})
     return Vec2FaceTrainConfig(**train)
 
@@ -101,6 +127,11 @@ def main() -> None:
     ap.add_argument("--out", default=str(RESULTS))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument(
+        "--pose-judge",
+        action="store_true",
+        help="read yaw with an independent pose model (needed when a recipe has a pose term)",
+    )
+    ap.add_argument(
         "--collect", action="store_true", help="no training: tabulate the points already written"
     )
     args = ap.parse_args()
@@ -129,7 +160,15 @@ def main() -> None:
             curve = CurveLog(work / "curve.jsonl").points
         else:
             curve = train_vec2face(
-                packed, features, teacher, judge, work, work / "grids", cfg, pose_model=pose
+                packed,
+                features,
+                teacher,
+                judge,
+                work,
+                work / "grids",
+                cfg,
+                pose_model=pose,
+                pose_judge=pose_judge(data, Path(args.work)) if args.pose_judge else None,
             )["curve"]
         results[name] = {
             "config": cfg.model_dump(),

@@ -172,3 +172,39 @@ def test_card_carries_the_generator_heldout_measures():
     assert out["generator_heldout"]["yaw_corr"] == 0.55 and "grid" not in out["generator_heldout"]
     line = [x for x in card_summary(out).splitlines() if "generator on held-out" in x][0]
     assert "SSIM 0.410" in line and "yaw corr 0.550" in line and "(real 0.220)" in line
+
+
+def test_pose_term_needs_a_pose_model_and_the_report_names_its_yaw_judge(tmp_path):
+    torch.manual_seed(0)
+    packed = make_packed(tmp_path / "packed", n=64, size=32, classes=8)
+    labels = np.arange(64) % 8
+    features = np.random.default_rng(0).normal(size=(8, 24))[labels].astype(np.float32)
+    kw = {"widths": (4, 4, 8, 8), "stem_width": 4, "input_size": 32, "embedding_dim": 24}
+    teacher, judge = build_backbone("small", **kw), build_backbone("small", **kw)
+    weights = {"pose": 1.0}
+    cfg = _tiny_config(epochs=1, weights=weights)
+    args = (packed, features, teacher, judge)
+    with pytest.raises(ValueError, match="weights.pose"):
+        train_vec2face(*args, tmp_path / "a", tmp_path / "ga", cfg, progress=False)
+    steps = {}
+    rep = train_vec2face(
+        *args,
+        tmp_path / "b",
+        tmp_path / "gb",
+        cfg,
+        progress=False,
+        pose_model=MeanBrightnessPose(),
+        log=lambda m, s: steps.update({s: m}) if "epoch/pose" in m else None,
+    )
+    assert "not independent" in rep["yaw_measured_by"]
+    assert steps and all(np.isfinite(m["epoch/pose"]) for m in steps.values())
+    rep = train_vec2face(
+        *args,
+        tmp_path / "c",
+        tmp_path / "gc",
+        cfg,
+        progress=False,
+        pose_model=MeanBrightnessPose(),
+        pose_judge=MeanBrightnessPose(),
+    )
+    assert rep["yaw_measured_by"] == "independent pose judge"

@@ -56,6 +56,13 @@ class Vec2FaceLossWeights(BaseModel):
     ssim: float = Field(0.2, ge=0, description="1 - SSIM")
     tokens: float = Field(1.0, ge=0, description="token regression MSE")
     gan: float = Field(0.1, ge=0, description="adversarial term (after gan_start_epoch)")
+    pose: float = Field(
+        0.0,
+        ge=0,
+        description="pose consistency: mean |pose(G(f)) - pose(x)| (yaw and pitch, in units of "
+        "30 degrees) read by the pose model AttrOP steers with; the generator still sees only f, "
+        "but is told to draw the head turned as the real image is (0 = off, the published loss)",
+    )
 
 
 class Vec2FaceTrainConfig(BaseModel):
@@ -400,9 +407,15 @@ def train_vec2face(
     progress: bool = True,
     log: Callable[[dict, int], None] | None = None,
     pose_model: nn.Module | None = None,
+    pose_judge: nn.Module | None = None,
 ) -> dict:
     """Train G on (packed image, teacher feature) pairs; writes `<out_dir>/model.pt` (EMA weights),
     per-epoch sample grids in `grids_dir`, and returns the report (see evaluate_generator).
+
+    `pose_model` (image -> yaw, pitch in degrees) is the pose term's model when `weights.pose` > 0;
+    the report's yaw measures use `pose_judge` when given, else `pose_model` - when that model is
+    also in the loss, the report says so (`yaw_measured_by`), since a model scored by its own
+    training signal flatters itself.
 
     With `cfg.curve_epochs`, the full held-out evaluation also runs after those epochs; each point
     (epoch, training seconds so far, metrics) is appended to `<out_dir>/curve.jsonl` as soon as it
@@ -480,12 +493,20 @@ def train_vec2face(
                 l_perc = _perceptual(maps_fake, maps_real)
             l_ssim = 1 - _ssim(fake, x)
             l_tok = F.mse_loss(out["tokens_pred"].float(), out["tokens_target"].float())
+            if w.pose > 0:
+                with torch.no_grad():
+                    pose_real = pose_model(x).float()
+                l_pose = (pose_model(fake).float() - pose_real).abs().mean() / 30.0
+                metrics["pose"] = l_pose.detach()
+            else:
+                l_pose = torch.zeros((), device=fake.device)
             loss = (
                 w.pixel * l_pix
                 + w.identity * l_id
                 + w.perceptual * l_perc
                 + w.ssim * l_ssim
                 + w.tokens * l_tok
+                + w.pose * l_pose
             )
             if gan_on:
                 l_adv = generator_adversarial_loss(D(fake), cfg.gan_kind)
@@ -511,7 +532,17 @@ def train_vec2face(
     new_vectors = gaussian_vectors(features[train_rows], len(grid_rows), cfg.seed)
     grids_dir = Path(grids_dir)
     grids_dir.mkdir(parents=True, exist_ok=True)
-    pose_model = pose_model.to(device).eval() if pose_model is not None else None
+    if pose_model is not None:
+        pose_model = pose_model.to(device).eval().requires_grad_(False)
+    if cfg.weights.pose > 0 and pose_model is None:
+        raise ValueError("vec2face.train.weights.pose > 0 needs a pose model (the teacher's)")
+    pose_eval = pose_judge.to(device).eval() if pose_judge is not None else pose_model
+    if pose_judge is not None:
+        yaw_measured_by = "independent pose judge"
+    elif pose_model is not None and cfg.weights.pose > 0:
+        yaw_measured_by = "the pose model of the generator's pose term (not independent)"
+    else:
+        yaw_measured_by = "the teacher pipeline's pose model (in no generator loss)"
     curve = CurveLog(Path(out_dir) / "curve.jsonl")
 
     def evaluate(g: Vec2Face, dev) -> dict:
@@ -525,8 +556,8 @@ def train_vec2face(
             dev,
             seed=cfg.seed,
             lpips=lpips,
-            pose_model=pose_model,
-        )
+            pose_model=pose_eval,
+        ) | ({"yaw_measured_by": yaw_measured_by} if pose_eval is not None else {})
 
     def epoch_end(st: TrainState, _metrics: dict) -> dict:
         g = st.models["ema"]
