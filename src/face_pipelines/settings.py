@@ -4,7 +4,9 @@ Parameters are soft-merged across environments so that `--env paper` can overrid
 (e.g. `faceworld.image_size`) without restating the whole section.
 """
 
+import logging
 import os
+from pathlib import Path
 
 # Telemetry must never prompt (CI, tests, first runs). Set before any plugin is imported.
 os.environ.setdefault("KEDRO_DISABLE_TELEMETRY", "true")
@@ -30,6 +32,21 @@ from face_pipelines.hooks import (  # noqa: E402
     DvcExperimentTagHook,
     ParameterValidationHooks,
 )
+
+
+def _create_log_folders() -> None:
+    """Create the folder of every file handler on the root logger (conf/logging.yml: logs/).
+
+    Kedro configures logging before it imports this module, and a file handler opened with
+    `delay: True` fails on every record while its folder is missing (a fresh copy of the project,
+    a deleted logs/). Creating it here lets every later record reach the file.
+    """
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            Path(handler.baseFilename).parent.mkdir(parents=True, exist_ok=True)
+
+
+_create_log_folders()
 
 HOOKS = (ParameterValidationHooks(), DatasetCardSummaryHook(), DvcExperimentTagHook())
 
