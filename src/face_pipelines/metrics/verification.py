@@ -5,6 +5,9 @@ Euclidean distance in [0, 4], "same" when distance < threshold. Pairs are split 
 folds (sklearn KFold(n_splits, shuffle=False): the first n % folds folds get one extra pair). For
 each fold the threshold on the grid 0, 0.01, ..., 3.99 (np.arange(0, 4, 0.01)) with the highest
 accuracy on the other folds is chosen (ties -> smallest threshold) and scored on the held-out fold.
+
+The ROC and TAR at fixed FARs (`verification_curve`) use all pairs at once, as papers that compare
+ROC curves do: no folds, every distinct distance a threshold.
 """
 
 from __future__ import annotations
@@ -16,10 +19,11 @@ from face_pipelines.errors import DataError, ParameterError
 
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
+TAR_FAR_LEVELS = (1e-4, 1e-3, 1e-2, 1e-1)
 
 
 def _pair_distances(
-    embeddings_a, embeddings_b, issame, folds: int
+    embeddings_a, embeddings_b, issame, folds: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     a = np.asarray(embeddings_a, dtype=np.float64)
     b = np.asarray(embeddings_b, dtype=np.float64)
@@ -35,7 +39,7 @@ def _pair_distances(
         raise DataError("issame must be boolean (or 0/1)")
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise DataError("verification embeddings contain NaN or inf")
-    if folds < 2 or a.shape[0] < folds:
+    if folds is not None and (folds < 2 or a.shape[0] < folds):
         raise ParameterError(f"folds must be in [2, number of pairs={a.shape[0]}], got {folds}")
     a = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
     b = b / np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
@@ -125,6 +129,74 @@ def tar_at_far(embeddings_a, embeddings_b, issame, far: float = 1e-3, folds: int
     if not vals:
         raise DataError("tar_at_far: no fold could be scored")
     return float(np.mean(vals))
+
+
+def far_label(far: float) -> str:
+    """A FAR level as it is written in keys and columns: 1e-4, 1e-3, 0.05 -> "5e-2"."""
+    mantissa, exponent = f"{far:.0e}".split("e")
+    return f"{mantissa}e{int(exponent)}"
+
+
+def verification_curve(
+    embeddings_a, embeddings_b, issame, fars: tuple[float, ...] = TAR_FAR_LEVELS
+) -> dict:
+    """ROC and TAR at each FAR in `fars`, over all pairs (no folds).
+
+    As in the 10-fold protocol a pair is accepted as "same" when its squared distance between
+    L2-normalised embeddings is < threshold; every distinct distance is a threshold. TAR at a FAR
+    is the highest TAR of a threshold whose FAR is <= the target (no interpolation), reported
+    with that FAR, threshold and number of false accepts. It is null (`reliable: false`) when the
+    target allows fewer than one false accept (impostor_pairs * FAR < 1): at 3000 impostor pairs a
+    FAR of 1e-4 would be read at FAR 0, which says nothing about 1e-4.
+
+    Returns {"genuine_pairs", "impostor_pairs", "tar_at_far": {far_label: {...}},
+    "roc": {"far", "tar", "threshold": lists}}. The ROC runs from (0, 0) (nothing accepted) to
+    (1, 1), both rates non-decreasing; points on a straight line between their neighbours are
+    left out (the drawn curve is the same, a good recognizer's has few points).
+    """
+    dist, same = _pair_distances(embeddings_a, embeddings_b, issame)
+    n_genuine, n_impostor = int(same.sum()), int((~same).sum())
+    if n_genuine == 0 or n_impostor == 0:
+        raise DataError("verification_curve needs both same and different pairs")
+    order = np.argsort(dist, kind="stable")
+    d, s = dist[order], same[order]
+    last = np.r_[np.flatnonzero(np.diff(d)), d.size - 1]  # last pair of each distinct distance
+    tp = np.r_[0, np.cumsum(s)[last]]  # accepted genuine pairs below each threshold
+    fp = np.r_[0, np.cumsum(~s)[last]]  # accepted impostor pairs
+    # Point k accepts the pairs with the k smallest distinct distances: threshold = the next one.
+    thr = np.r_[d[last], np.nextafter(d[-1], np.inf)]
+
+    levels = {}
+    for far in fars:
+        if not 0.0 < far < 1.0:
+            raise ParameterError(f"FAR levels must be in (0, 1), got {far}")
+        allowed = n_impostor * far
+        n_allowed = int(np.floor(allowed + 1e-9))  # FAR <= far <=> false accepts <= this
+        entry = {"tar": None, "far": None, "threshold": None, "false_accepts": None}
+        if n_allowed >= 1:
+            k = int(np.searchsorted(fp, n_allowed, side="right")) - 1  # the loosest such threshold
+            entry = {
+                "tar": float(tp[k] / n_genuine),
+                "far": float(fp[k] / n_impostor),
+                "threshold": float(thr[k]),
+                "false_accepts": int(fp[k]),
+            }
+        levels[far_label(far)] = entry | {
+            "false_accepts_allowed": float(allowed),
+            "reliable": n_allowed >= 1,
+        }
+
+    turn = np.r_[True, (np.diff(fp, 2) != 0) | (np.diff(tp, 2) != 0), True]
+    return {
+        "genuine_pairs": n_genuine,
+        "impostor_pairs": n_impostor,
+        "tar_at_far": levels,
+        "roc": {
+            "far": (fp[turn] / n_impostor).tolist(),
+            "tar": (tp[turn] / n_genuine).tolist(),
+            "threshold": thr[turn].tolist(),
+        },
+    }
 
 
 @torch.no_grad()

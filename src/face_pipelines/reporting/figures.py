@@ -84,3 +84,43 @@ def ablation_figure(table: dict, title: str = "recognizer ablation"):
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
+
+
+def roc_figure(
+    curves: dict[str, dict[str, dict]],
+    impostor_pairs: dict[str, int],
+    fars: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1),
+    title: str = "verification ROC",
+):
+    """One panel per benchmark, one ROC per recognizer, FAR on a log scale.
+
+    curves: {recognizer: {benchmark: {"far": [...], "tar": [...]}}}; impostor_pairs: per benchmark.
+    FARs below 1 / impostor_pairs (less than one false accept) are shaded: the curve there rests
+    on no impostor pair. Dotted lines mark the reported FAR levels.
+    """
+    benches = list(impostor_pairs)
+    fig, axes = plt.subplots(
+        1, len(benches), figsize=(3.6 * len(benches), 3.4), dpi=100, squeeze=False
+    )
+    for ax, bench in zip(axes[0], benches, strict=True):
+        floor = 1.0 / impostor_pairs[bench]
+        low = min(fars[0], floor) / 2
+        for rec, per_bench in curves.items():
+            # FAR 0 has no place on a log axis: the TAR reached before the first false accept
+            # is drawn at the left edge.
+            far = np.maximum(np.asarray(per_bench[bench]["far"]), low)
+            ax.plot(far, per_bench[bench]["tar"], label=rec, lw=1.4)
+        ax.axvspan(low, floor, color="0.85", lw=0, label="< 1 impostor pair")
+        for far in fars:
+            ax.axvline(far, color="0.6", ls=":", lw=0.8)
+        ax.set_xscale("log")
+        ax.set_xlim(low, 1.0)
+        ax.set_ylim(0.0, 1.01)
+        ax.set_xlabel("FAR (false accept rate)")
+        ax.set_title(f"{bench} ({impostor_pairs[bench]} impostor pairs)", fontsize=9)
+        ax.grid(True, which="major", alpha=0.3)
+    axes[0][0].set_ylabel("TAR (true accept rate)")
+    axes[0][0].legend(fontsize=7, loc="lower right")
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pandas as pd
+from matplotlib.figure import Figure
+
 from face_pipelines.metrics.benchmarks import (
     benchmark_paths,
     table_metrics,
@@ -10,6 +13,7 @@ from face_pipelines.metrics.benchmarks import (
 )
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.dataset_card import dataset_provenance
+from face_pipelines.reporting.figures import roc_figure
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.training.device import resolve_device
 
@@ -21,16 +25,22 @@ def verify_recognizers(
     common: dict,
     untrained: dict[str, str] | None = None,
     ratios: tuple[tuple[str, str, str], ...] = (),
+    roc: bool = False,
 ) -> dict:
     """Verification table (10-fold, flip TTA) of trained recognizers (name -> training summary)
     and untrained ones (name -> checkpoint), with `training_images` per trained recognizer and
-    each (name, numerator, denominator) mean-accuracy ratio."""
+    each (name, numerator, denominator) mean-accuracy ratio; with `roc`, the ROC points too."""
     p = validate_section("evaluate", evaluate)
     com = validate_section("common", common)
     benches = benchmark_paths(faceworld_info, p.faceworld_benchmarks, p.benchmarks)
     recognizers = dict(untrained or {}) | {k: v["checkpoint"] for k, v in trained.items()}
     table = verification_table(
-        recognizers, benches, resolve_device(com.device), p.batch_size, progress=com.progress
+        recognizers,
+        benches,
+        resolve_device(com.device),
+        p.batch_size,
+        progress=com.progress,
+        roc=roc,
     )
     table["training_images"] = {k: v["training_set"]["images"] for k, v in trained.items()}
     res = table["results"]
@@ -46,15 +56,35 @@ def evaluate_recognizers(
     dataset_card: dict,
     evaluate: dict,
     common: dict,
-) -> tuple[dict, str, dict]:
-    """Verification accuracy (10-fold, flip TTA) of the synthetic- and real-trained recognizers.
+) -> tuple[dict, str, dict, dict[str, pd.DataFrame], Figure]:
+    """Verification accuracy (10-fold, flip TTA) of the synthetic- and real-trained recognizers,
+    TAR at FAR 1e-4..1e-1 and the ROC per recognizer and benchmark (`roc_outputs`).
 
     The MLflow metrics also carry `dataset.*`: the synthetic set's card measures and recipe knobs
     (reporting.dataset_card.dataset_provenance), so evaluate runs can be compared on their own.
     """
     table = verify_recognizers(
-        {"synthetic": synthetic_summary, "real": real_summary}, faceworld_info, evaluate, common
+        {"synthetic": synthetic_summary, "real": real_summary},
+        faceworld_info,
+        evaluate,
+        common,
+        roc=True,
     )
+    curves = table.pop("roc")
     metrics = table_metrics(table)
     metrics.update({f"dataset.{k}": v for k, v in dataset_provenance(dataset_card).items()})
-    return table, verification_markdown(table), flat_metrics(metrics)
+    roc_points, figure = roc_outputs(table, curves)
+    return table, verification_markdown(table), flat_metrics(metrics), roc_points, figure
+
+
+def roc_outputs(table: dict, curves: dict) -> tuple[dict[str, pd.DataFrame], Figure]:
+    """The ROC points as one table per `<recognizer>/<benchmark>` (far, tar, threshold: CSV files
+    that dvc.yaml declares as plots) and the figure (one panel per benchmark, log FAR)."""
+    points = {
+        f"{rec}/{bench}": pd.DataFrame(curve)
+        for rec, per_bench in curves.items()
+        for bench, curve in per_bench.items()
+    }
+    any_recognizer = next(iter(table["results"].values()))
+    impostor_pairs = {b: any_recognizer[b]["impostor_pairs"] for b in table["benchmarks"]}
+    return points, roc_figure(curves, impostor_pairs)

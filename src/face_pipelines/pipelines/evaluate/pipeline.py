@@ -1,4 +1,4 @@
-"""evaluate: the verification table (json + markdown + MLflow metrics)."""
+"""evaluate: verification table (json, markdown, MLflow metrics), ROC curves (CSV, figure)."""
 
 from kedro.pipeline import Node, Pipeline
 
@@ -18,7 +18,13 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:evaluate",
                     "params:common",
                 ],
-                outputs=["verification", "verification_markdown", "evaluate_mlflow_metrics"],
+                outputs=[
+                    "verification",
+                    "verification_markdown",
+                    "evaluate_mlflow_metrics",
+                    "verification_roc_points",
+                    "verification_roc_plot",
+                ],
                 name="evaluate_recognizers",
             ),
         ]
