@@ -2,7 +2,9 @@
 
     face-pipelines diff A B [--report out.md] [--repo PATH]
         A, B: a rendered dataset folder, or rev:<git-rev> (the DVC-tracked synthetic dataset at that
-        revision of --repo). Prints the side-by-side table; writes a markdown report with sample grids.
+        revision of --repo). Prints the side-by-side table and the cards' lineages stage by stage
+        (differing parameters, inputs whose content differs, code); writes a markdown report with
+        sample grids.
     face-pipelines compare [--experiment NAME] [--filter EXPR] [--tracking-uri URI] [--plot out.png]
                            [--csv out.csv] [--markdown out.md] [--param KEY ...] [--all]
         MLflow runs: the parameters that differ between them vs verification accuracy.
@@ -33,8 +35,9 @@ def _build_parser() -> argparse.ArgumentParser:
     diff = sub.add_parser(
         "diff",
         help="semantic diff of two synthetic dataset versions",
-        description="Compare two synthetic dataset versions: card measures, differing "
-        "parameters and sample grids. A and B are dataset folders or rev:<git-rev>.",
+        description="Compare two synthetic dataset versions: card measures, what made each set "
+        "stage by stage (parameters, the content of checkpoints, features and plan, code) and "
+        "sample grids. A and B are dataset folders or rev:<git-rev>.",
     )
     diff.add_argument("a", metavar="A", help="dataset folder or rev:<git-rev> (e.g. rev:HEAD~1)")
     diff.add_argument("b", metavar="B", help="dataset folder or rev:<git-rev>")

@@ -2,8 +2,11 @@
 
 `dvc diff` says which files changed; this says what that means for a face-recognition training set:
 identities, separability, intra-class spread, pose, AttrOP success, feature-space distance to the real
-data, leakage, rendering speed, and the generating parameters that differ - plus a sample grid of each
-side to look at.
+data, leakage, rendering speed, and what made each set, stage by stage (the card's lineage, see
+reporting.lineage): the parameters that differ under their stage, the model and data files whose
+content differs although their stage's parameters match ("same parameters, different generator
+checkpoint"), and the code version - plus a sample grid of each side to look at. "Parameters:
+identical" is said only when the whole lineage is.
 
 A dataset version is named either by a folder (a rendered dataset root holding `manifest.parquet`,
 `_COMPLETE` and `dataset_card.json`) or by `rev:<git-rev>`: the synthetic dataset as DVC tracked it at
@@ -34,6 +37,13 @@ from face_pipelines.io.atomic import atomic_path, write_text_atomic
 from face_pipelines.io.images import decode_image
 from face_pipelines.io.manifest import validate_manifest
 from face_pipelines.reporting.figures import image_grid
+from face_pipelines.reporting.lineage import (
+    STAGE_ORDER,
+    LineageComparison,
+    compare_lineages,
+    flatten_parameters,
+    lineage_parameters,
+)
 
 __all__ = [
     "CARD_NAME",
@@ -297,6 +307,11 @@ class ParamDiff:
     a: Any
     b: Any
 
+    @property
+    def stage(self) -> str:
+        """The stage (parameter section) the key belongs to: `teacher` for `teacher.recognizer.*`."""
+        return self.key.split(".", 1)[0]
+
     def texts(self) -> tuple[str, str]:
         """Display text of both sides; a key missing on one side shows as '(absent)'."""
         return _param_text(self.a), _param_text(self.b)
@@ -309,8 +324,10 @@ class DatasetDiff:
     Attributes:
         a_label, b_label: names of the two sides.
         rows: measures side by side, in display order.
-        param_diffs: the flattened card parameters whose values differ (sorted by key).
+        param_diffs: the flattened parameters (`<stage>.<key>`) whose values differ, in stage
+            order: the lineage's stages, with the card's `parameters` on top.
         grid_a, grid_b: uint8 sample grids of each side (None when built without images).
+        lineage: the stage-by-stage comparison (inputs' content, code version, stages present).
     """
 
     a_label: str
@@ -319,6 +336,13 @@ class DatasetDiff:
     param_diffs: list[ParamDiff]
     grid_a: np.ndarray | None = field(default=None, repr=False)
     grid_b: np.ndarray | None = field(default=None, repr=False)
+    lineage: LineageComparison | None = None
+
+    @property
+    def identical_recipe(self) -> bool:
+        """True only when both cards carry a lineage and all of it matches (parameters of every
+        stage, inputs' content, code): the one case the report says "Parameters: identical"."""
+        return not self.param_diffs and self.lineage is not None and self.lineage.identical
 
     def row(self, name: str) -> DiffRow:
         """The row named `name` (KeyError when there is none)."""
@@ -335,6 +359,50 @@ class DatasetDiff:
         header = ["parameter", "A", "B"]
         return header, [[p.key, *p.texts()] for p in self.param_diffs]
 
+    def _stage_table(self) -> tuple[list[str], list[list[str]]]:
+        rows = [[s.stage, s.text] for s in self.lineage.stages] if self.lineage else []
+        if self.lineage:
+            rows.append(["code", self.lineage.code_text()])
+        return ["stage", "A vs B"], rows
+
+    def _input_table(self) -> tuple[list[str], list[list[str]]]:
+        rows = [
+            [f"{d.stage}: {d.name}", _fingerprint_text(d.a), _fingerprint_text(d.b)]
+            for d in (self.lineage.inputs if self.lineage else ())
+        ]
+        return ["input (content fingerprint)", "A", "B"], rows
+
+    def _lineage_notes(self) -> list[str]:
+        """What the comparison could not cover, and the MLflow runs that wrote the cards."""
+        lin = self.lineage
+        if lin is None:
+            return []
+        notes = [
+            f"{side}'s card has no lineage (written before lineages were recorded): only the "
+            "card's own sample, render and vec2face parameters were compared"
+            for side in lin.missing
+        ]
+        if lin.runs_a or lin.runs_b:
+            notes.append(
+                f"MLflow runs that wrote the cards: A {lin.runs_text('A')}; B {lin.runs_text('B')}"
+            )
+        return notes
+
+    def _parameters_verdict(self) -> str:
+        if self.identical_recipe:
+            return "Parameters: identical"
+        if self.lineage is None:
+            return (
+                "Parameters: no difference in the cards' sample, render and vec2face parameters "
+                "(neither card records a lineage, so earlier stages were not compared)"
+            )
+        if self.lineage.missing:
+            return "Parameters: no difference in what both cards record (see the note above)"
+        return (
+            "Parameters: the same values in every stage; the sets differ in the content of "
+            "their inputs or in code (stage table above)"
+        )
+
     def _check_notes(self) -> list[str]:
         try:
             row = self.row(CHECKS_ROW)
@@ -347,13 +415,24 @@ class DatasetDiff:
         ]
 
     def to_text(self) -> str:
-        """A plain-text report: the side-by-side table and the differing parameters."""
+        """A plain-text report: the side-by-side table, the lineage stage by stage, the differing
+        parameters and the inputs whose content differs."""
         out = [_text_table(*self._table()), *self._check_notes(), ""]
+        if self.lineage is not None and not self.identical_recipe:
+            out += ["Lineage, stage by stage:", _text_table(*self._stage_table()), ""]
+        notes = self._lineage_notes()
+        out += [*notes, ""] if notes else []
         if self.param_diffs:
             out += [f"Parameters that differ ({len(self.param_diffs)}):"]
             out += [_text_table(*self._param_table())]
         else:
-            out += ["Parameters: identical"]
+            out += [self._parameters_verdict()]
+        if self.lineage is not None and self.lineage.inputs:
+            out += ["", f"Inputs that differ in content ({len(self.lineage.inputs)}):"]
+            out += [_text_table(*self._input_table())]
+        if self.identical_recipe and self.lineage is not None:
+            code = self.lineage.code_text().removeprefix("identical: ")
+            out += [f"Lineage: identical in all {len(self.lineage.stages)} stages; code {code}"]
         return "\n".join(out)
 
     def to_markdown(self, grid_a: str | None = None, grid_b: str | None = None) -> str:
@@ -371,13 +450,27 @@ class DatasetDiff:
             "Yaw histograms: 10-degree bins from -90 to 90 degrees (pose model on the rendered "
             "pixels), both sides on one scale.",
             "",
-            "## Parameters that differ",
+            "## Lineage",
             "",
         ]
+        if self.lineage is None:
+            out.append("Neither card records a lineage.")
+        elif self.identical_recipe:
+            code = self.lineage.code_text().removeprefix("identical: ")
+            out.append(f"Identical in all {len(self.lineage.stages)} stages; code {code}.")
+        else:
+            out.append(markdown_table(*self._stage_table()))
+        out += ["", *(f"- {note}" for note in self._lineage_notes())]
+        out += ["", "## Parameters that differ", ""]
         if self.param_diffs:
             out.append(markdown_table(*self._param_table()))
+        elif self.identical_recipe:
+            out.append("None: both sets were made by the same recipe, inputs and code.")
         else:
-            out.append("None: both cards were made with the same parameters.")
+            out.append(f"None. {self._parameters_verdict()}.")
+        if self.lineage is not None and self.lineage.inputs:
+            out += ["", "## Inputs that differ in content", ""]
+            out.append(markdown_table(*self._input_table()))
         if grid_a or grid_b:
             out += ["", "## Samples", "", "One row per identity (spread over the identity range)."]
             for side, label, link in (("A", self.a_label, grid_a), ("B", self.b_label, grid_b)):
@@ -401,18 +494,6 @@ class DatasetDiff:
             links[side] = png.name
         write_text_atomic(path, self.to_markdown(links["a"], links["b"]))
         return path
-
-
-def flatten_parameters(params: Mapping | None, prefix: str = "") -> dict[str, Any]:
-    """Nested parameters as `{"sample.config.images_per_identity": 3, ...}` (MLflow's spelling)."""
-    out: dict[str, Any] = {}
-    for k, v in (params or {}).items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, Mapping) and v:
-            out.update(flatten_parameters(v, key))
-        else:
-            out[key] = v
-    return out
 
 
 def yaw_sparkline(counts, scale: float | None = None) -> str:
@@ -540,11 +621,28 @@ def _param_text(value: Any) -> str:
 _MISSING = object()
 
 
+def _fingerprint_text(value: str | None) -> str:
+    return ABSENT if value is None else value.removeprefix("sampled:")[:12]
+
+
+def card_parameters(card: Mapping) -> dict[str, Any]:
+    """A card's parameters flattened as `<stage>.<key>`: every lineage stage's, then the card's own
+    `parameters` (sample, render, vec2face) on top."""
+    return lineage_parameters(card.get("lineage")) | flatten_parameters(card.get("parameters"))
+
+
+def _stage_rank(key: str) -> tuple[int, str]:
+    stage = key.split(".", 1)[0]
+    return (STAGE_ORDER.index(stage) if stage in STAGE_ORDER else len(STAGE_ORDER), key)
+
+
 def _param_diffs(a: dict, b: dict) -> list[ParamDiff]:
-    pa = flatten_parameters(a.get("parameters"))
-    pb = flatten_parameters(b.get("parameters"))
+    if a.get("lineage") and b.get("lineage"):
+        pa, pb = card_parameters(a), card_parameters(b)
+    else:  # what both can hold: a card older than lineages has only its own `parameters`
+        pa, pb = flatten_parameters(a.get("parameters")), flatten_parameters(b.get("parameters"))
     out = []
-    for key in sorted(set(pa) | set(pb)):
+    for key in sorted(set(pa) | set(pb), key=_stage_rank):
         va, vb = pa.get(key, _MISSING), pb.get(key, _MISSING)
         if _param_text(va) != _param_text(vb):
             out.append(ParamDiff(key, va, vb))
@@ -553,7 +651,11 @@ def _param_diffs(a: dict, b: dict) -> list[ParamDiff]:
 
 def compare_versions(a: DatasetVersion, b: DatasetVersion, grids: bool = True) -> DatasetDiff:
     """The diff of two loaded versions; `grids=False` skips decoding sample images."""
-    diff = DatasetDiff(a.label, b.label, _card_rows(a.card, b.card), _param_diffs(a.card, b.card))
+    params = _param_diffs(a.card, b.card)
+    diff = DatasetDiff(a.label, b.label, _card_rows(a.card, b.card), params)
+    la, lb = a.card.get("lineage"), b.card.get("lineage")
+    if la or lb:
+        diff.lineage = compare_lineages(la, lb, [p.key for p in params])
     if grids:
         diff.grid_a, diff.grid_b = a.sample_grid(), b.sample_grid()
     return diff

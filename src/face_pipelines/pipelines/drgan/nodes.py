@@ -30,6 +30,14 @@ from face_pipelines.reporting.dataset_card import (
     card_summary,
 )
 from face_pipelines.reporting.figures import image_figure
+from face_pipelines.reporting.lineage import (
+    active_mlflow_run_id,
+    build_lineage,
+    checkpoint_input,
+    frame_input,
+    lineage_stage,
+    upstream_stages,
+)
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
 from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.factory import load_generator
@@ -195,9 +203,14 @@ def make_pose_code_dataset_card(
     drgan: dict,
     teacher: dict,
     common: dict,
+    faceworld_info: dict,
+    drgan_identity_plan: pd.DataFrame,
+    faceworld: dict,
+    subset: dict,
 ):
     """The render card (teacher features and pose re-measured on the JPEGs, compared with real),
-    plus per-pose-bin success by the pose model and identity kept by the judge."""
+    plus per-pose-bin success by the pose model and identity kept by the judge, and the set's
+    lineage (reporting.lineage)."""
     p = validate_section("drgan", drgan)
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
@@ -257,6 +270,23 @@ def make_pose_code_dataset_card(
     card["sampling_space"] = "drgan encoder f"
     card["sampling_threshold_f"] = drgan_sample_report["threshold"]
     card["parameters"] = {"drgan": drgan}
+    sections = {"common": common, "teacher": teacher, "faceworld": faceworld, "subset": subset}
+    stages = upstream_stages(
+        {k: validate_section(k, v) for k, v in sections.items()},
+        faceworld_info,
+        subset_packed_dir,
+        {"teacher": teacher_summary, "judge": judge_summary, "pose": pose_summary},
+        teacher_features,
+    )
+    stages["drgan"] = lineage_stage(
+        "drgan",
+        p,
+        {
+            "generator checkpoint": checkpoint_input(drgan_report["checkpoint"]),
+            "identity plan": frame_input(drgan_identity_plan),
+        },
+    )
+    card["lineage"] = build_lineage(stages, {"drgan": active_mlflow_run_id()})
     write_text_atomic(root / "dataset_card.json", json.dumps(card, indent=2))
     log.info("\n%s", card_summary(card))
     metrics = flat_metrics(

@@ -83,6 +83,11 @@ def create_synth_pipeline(**kwargs) -> Pipeline:
                     "params:drgan",
                     "params:teacher",
                     "params:common",
+                    # lineage: what made the set, stage by stage
+                    "faceworld_info",
+                    "drgan_identity_plan",
+                    "params:faceworld",
+                    "params:subset",
                 ],
                 outputs=[
                     "drgan_dataset_card",

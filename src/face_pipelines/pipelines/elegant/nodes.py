@@ -15,6 +15,12 @@ from face_pipelines.metrics.benchmarks import table_metrics, verification_markdo
 from face_pipelines.params import validate_section
 from face_pipelines.pipelines.evaluate.nodes import verify_recognizers
 from face_pipelines.reporting.figures import image_figure
+from face_pipelines.reporting.lineage import (
+    active_mlflow_run_id,
+    add_stage,
+    checkpoint_input,
+    lineage_stage,
+)
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
 from face_pipelines.training.elegant import (
     attribute_labels,
@@ -190,12 +196,21 @@ def edit_synthetic_attributes(
         "attribute_editor": elegant_report["checkpoint"],
         "edits": report["edits"],
     }
-    return (
-        report,
-        flat_metrics(report, prefix=""),
-        info,
-        edited_dataset_card(dataset_card, report, elegant_classifier_report),
+    card = edited_dataset_card(dataset_card, report, elegant_classifier_report)
+    # The edited set's lineage: the source set's plus the editor stage.
+    editor = {
+        "editor checkpoint": checkpoint_input(elegant_report["checkpoint"]),
+        "attribute classifier checkpoint": checkpoint_input(
+            elegant_classifier_report["checkpoint"]
+        ),
+    }
+    card["lineage"] = add_stage(
+        dataset_card.get("lineage"),
+        "elegant",
+        lineage_stage("elegant", p, editor),
+        active_mlflow_run_id(),
     )
+    return report, flat_metrics(report, prefix=""), info, card
 
 
 def edited_dataset_card(dataset_card: dict, edit_report: dict, classifier_report: dict) -> dict:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pandas as pd
 from matplotlib.figure import Figure
 
@@ -14,8 +16,11 @@ from face_pipelines.metrics.benchmarks import (
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.dataset_card import dataset_provenance
 from face_pipelines.reporting.figures import roc_figure
+from face_pipelines.reporting.lineage import lineage_tracking_params
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.training.device import resolve_device
+
+log = logging.getLogger(__name__)
 
 
 def verify_recognizers(
@@ -61,7 +66,8 @@ def evaluate_recognizers(
     TAR at FAR 1e-4..1e-1 and the ROC per recognizer and benchmark (`roc_outputs`).
 
     The MLflow metrics also carry `dataset.*`: the synthetic set's card measures and recipe knobs
-    (reporting.dataset_card.dataset_provenance), so evaluate runs can be compared on their own.
+    (reporting.dataset_card.dataset_provenance), so evaluate runs can be compared on their own;
+    the card's lineage goes to MLflow params `dataset.*` (see `log_dataset_lineage`).
     """
     table = verify_recognizers(
         {"synthetic": synthetic_summary, "real": real_summary},
@@ -73,8 +79,28 @@ def evaluate_recognizers(
     curves = table.pop("roc")
     metrics = table_metrics(table)
     metrics.update({f"dataset.{k}": v for k, v in dataset_provenance(dataset_card).items()})
+    log_dataset_lineage(dataset_card)
     roc_points, figure = roc_outputs(table, curves)
     return table, verification_markdown(table), flat_metrics(metrics), roc_points, figure
+
+
+def log_dataset_lineage(dataset_card: dict) -> dict[str, str]:
+    """Log the synthetic set's lineage keys (reporting.lineage.lineage_tracking_params: per-stage
+    parameter digests, input fingerprints, upstream recipe knobs, code) as MLflow params of the
+    active run, so `face-pipelines compare` shows e.g. a teacher change as a column. Returns them;
+    without an active run (or a lineage) nothing is logged, and a logging failure only warns."""
+    params = lineage_tracking_params(dataset_card.get("lineage"))
+    if not params:
+        return params
+    import mlflow  # lazily: only evaluate runs log here, and the import takes seconds
+
+    if mlflow.active_run() is None:
+        return params
+    try:
+        mlflow.log_params(params)
+    except Exception as exc:  # noqa: BLE001 - provenance must never fail an evaluated run
+        log.warning("could not log the dataset lineage to MLflow: %s", exc)
+    return params
 
 
 def roc_outputs(table: dict, curves: dict) -> tuple[dict[str, pd.DataFrame], Figure]:

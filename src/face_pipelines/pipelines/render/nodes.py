@@ -25,6 +25,15 @@ from face_pipelines.reporting.dataset_card import (
     card_figure,
     card_summary,
 )
+from face_pipelines.reporting.lineage import (
+    active_mlflow_run_id,
+    build_lineage,
+    checkpoint_input,
+    file_input,
+    frame_input,
+    lineage_stage,
+    upstream_stages,
+)
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.attrop import AttrOPBatchEditor
@@ -135,6 +144,44 @@ def render_synthetic_dataset(
     return info, report
 
 
+def _vec2face_set_lineage(
+    params: dict[str, dict],
+    faceworld_info: dict,
+    subset_packed_dir: Path,
+    teacher_features: np.ndarray,
+    teacher_summaries: dict[str, dict],
+    vec2face_report: dict,
+    identity_plan: pd.DataFrame,
+) -> dict:
+    """The card's lineage: validated parameters of every stage, content fingerprints of the
+    checkpoints, features and plan, the code version and the MLflow run writing the card."""
+    p = {k: validate_section(k, v) for k, v in params.items()}
+    stages = upstream_stages(
+        p, faceworld_info, subset_packed_dir, teacher_summaries, teacher_features
+    )
+    gen = {"generator checkpoint": checkpoint_input(vec2face_report["checkpoint"])}
+    stages["vec2face"] = lineage_stage("vec2face", p["vec2face"], gen)
+    plan = {"identity plan": frame_input(identity_plan)}
+    if p["sample"].distribution_centres:
+        plan["distribution centres"] = file_input(p["sample"].distribution_centres)
+    stages["sample"] = lineage_stage("sample", p["sample"], plan)
+    stages["render"] = lineage_stage("render", p["render"], _attrop_model_files(p["render"]))
+    return build_lineage(stages, {"render": active_mlflow_run_id()})
+
+
+def _attrop_model_files(p: RenderParams) -> dict:
+    """Fingerprints of the AttrOP models given by path (the teacher's are in the teacher stage)."""
+    if not p.attrop_enabled:
+        return {}
+    a = p.attrop
+    paths = {
+        "identity model": a.identity_model.source == "checkpoint" and a.identity_model.checkpoint,
+        "quality model": a.quality_model.source == "checkpoint" and a.quality_model.checkpoint,
+        "pose model": a.pose_model.source == "sixdrepnet" and a.pose_model.checkpoint,
+    }
+    return {name: checkpoint_input(path) for name, path in paths.items() if path}
+
+
 def make_dataset_card(
     synthetic_dataset_info: dict,
     render_report: dict,
@@ -150,11 +197,17 @@ def make_dataset_card(
     vec2face: dict,
     teacher: dict,
     common: dict,
+    faceworld_info: dict,
+    judge_summary: dict,
+    identity_plan: pd.DataFrame,
+    faceworld: dict,
+    subset: dict,
 ):
     """Re-extract teacher features and pose from the rendered pixels and compare with real.
 
     The card is also written into the dataset root (dataset_card.json) so a dataset folder - or a
-    DVC revision of it - carries its own card for `face-pipelines diff`.
+    DVC revision of it - carries its own card for `face-pipelines diff`. Its `lineage` records
+    every stage that made the set (reporting.lineage).
     """
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
@@ -173,6 +226,23 @@ def make_dataset_card(
         device,
     )
     card["parameters"] = {"sample": sample, "render": render, "vec2face": vec2face}
+    card["lineage"] = _vec2face_set_lineage(
+        {
+            "common": common,
+            "faceworld": faceworld,
+            "subset": subset,
+            "teacher": teacher,
+            "vec2face": vec2face,
+            "sample": sample,
+            "render": render,
+        },
+        faceworld_info,
+        subset_packed_dir,
+        teacher_features,
+        {"teacher": teacher_summary, "judge": judge_summary, "pose": pose_summary},
+        vec2face_report,
+        identity_plan,
+    )
     # What the generator's input vectors carry and how well it renders held-out faces explain
     # the card's yaw and spread numbers; both come from the vec2face report.
     card = add_generator_quality(add_feature_probe(card, vec2face_report), vec2face_report)

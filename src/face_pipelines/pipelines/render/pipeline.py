@@ -42,6 +42,12 @@ def create_pipeline(**kwargs) -> Pipeline:
                     "params:vec2face",
                     "params:teacher",
                     "params:common",
+                    # lineage: what made the set, stage by stage
+                    "faceworld_info",
+                    "judge_summary",
+                    "identity_plan",
+                    "params:faceworld",
+                    "params:subset",
                 ],
                 outputs=["dataset_card", "dataset_card_plot", "dataset_card_mlflow_metrics"],
                 name="make_dataset_card",
