@@ -17,6 +17,7 @@ from face_pipelines.metrics.feature_probe import (
 )
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.dataset_card import add_feature_probe, card_summary
+from tests.cards import minimal_card
 
 N_IDS, PER_ID, DIM = 40, 10, 16
 
@@ -175,26 +176,7 @@ def test_balanced_accuracy_is_mean_recall():
 def test_card_copies_the_section_and_summarises_it():
     features, manifest = _world()
     section = probe_features(features, manifest, folds=5)
-    numbers = [
-        "identities",
-        "images",
-        "images_on_disk",
-        "images_per_second",
-        "threshold",
-        "separability",
-        "separability_real",
-        "separability_at_0_4",
-        "separability_at_0_4_real",
-        "intra_class_cos_mean",
-        "intra_class_cos_mean_real",
-        "yaw_abs_mean",
-        "yaw_abs_mean_real",
-        "yaw_beyond_30_fraction",
-        "yaw_beyond_30_fraction_real",
-        "feature_fd",
-        "leaked_identities",
-    ]
-    card = dict.fromkeys(numbers, 1) | {"checks": {}}
+    card = minimal_card()
     assert add_feature_probe(card, {"ssim_mean": 0.5}) is card  # an older report: nothing to copy
     out = add_feature_probe(card, {"feature_probe": section})
     assert out["feature_probe"] == section and "feature_probe" not in card

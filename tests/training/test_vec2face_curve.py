@@ -17,6 +17,7 @@ from face_pipelines.training.vec2face import (
     train_vec2face,
     yaw_agreement,
 )
+from tests.cards import minimal_card
 
 from .helpers import make_packed
 
@@ -145,26 +146,7 @@ def test_teacher_view_moves_fake_and_real_together():
 def test_card_carries_the_generator_heldout_measures():
     from face_pipelines.reporting.dataset_card import add_generator_quality, card_summary
 
-    numbers = [
-        "identities",
-        "images",
-        "images_on_disk",
-        "images_per_second",
-        "threshold",
-        "separability",
-        "separability_real",
-        "separability_at_0_4",
-        "separability_at_0_4_real",
-        "intra_class_cos_mean",
-        "intra_class_cos_mean_real",
-        "yaw_abs_mean",
-        "yaw_abs_mean_real",
-        "yaw_beyond_30_fraction",
-        "yaw_beyond_30_fraction_real",
-        "feature_fd",
-        "leaked_identities",
-    ]
-    card = dict.fromkeys(numbers, 1) | {"checks": {}}
+    card = minimal_card()
     assert add_generator_quality(card, {"checkpoint": "x"}) is card  # nothing measured: unchanged
     report = {"ssim_mean": 0.41, "judge_identity_cos_mean": 0.7, "yaw_corr": 0.55, "grid": "g"}
     report |= {"pixel_spread_generated": 0.08, "pixel_spread_real": 0.22}
