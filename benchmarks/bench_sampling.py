@@ -30,9 +30,9 @@ import numpy as np
 import torch
 
 from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
+from face_pipelines.device import resolve_device
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.synthesis.sampling import fit_centre_distribution, sample_identity_centres
-from face_pipelines.training.device import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results" / "sampling.json"
 CHEAP_SECONDS = 10.0

@@ -25,9 +25,9 @@ import numpy as np
 import torch
 
 from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
+from face_pipelines.device import resolve_device
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.metrics.separability import separability_curve, separability_sequential
-from face_pipelines.training.device import resolve_device
 
 RESULTS = Path(__file__).resolve().parent / "results" / "separability.json"
 CHEAP_SECONDS = 5.0

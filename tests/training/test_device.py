@@ -9,8 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from face_pipelines.errors import ParameterError
-from face_pipelines.training.device import (
+from face_pipelines.device import (
     PrecisionPolicy,
     autocast_context,
     channels_last_supported,
@@ -20,6 +19,7 @@ from face_pipelines.training.device import (
     seed_everything,
     unwrap_model,
 )
+from face_pipelines.errors import ParameterError
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch import nn
 
+from face_pipelines.device import unwrap_model
 from face_pipelines.errors import ParameterError
 from face_pipelines.io.checkpoint import load_checkpoint
 from face_pipelines.training.data import PackedFaceDataset, make_loader, to_device_normalised
-from face_pipelines.training.device import unwrap_model
 from face_pipelines.training.distributed import (
     all_reduce_mean,
     is_rank0,

@@ -26,8 +26,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 import torch
 
+from face_pipelines.device import resolve_device
 from face_pipelines.errors import DataError, ParameterError
-from face_pipelines.training.device import resolve_device
 
 DEFAULT_BLOCK_SIZE = 4096
 DEFAULT_CURVE_THRESHOLDS = np.arange(0.3, 0.91, 0.05)

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from face_pipelines.device import inference_autocast
 from face_pipelines.errors import DataError, ParameterError
 
 __all__ = [
@@ -264,20 +265,6 @@ def _generator_device(generator: Any) -> torch.device:
     return torch.device("cpu")
 
 
-def _autocast(device: torch.device, precision: str):
-    use_bf16 = (
-        device.type == "cuda"
-        and precision in ("auto", "bf16")
-        and torch.cuda.is_available()
-        and torch.cuda.is_bf16_supported()
-    )
-    if precision == "bf16" and device.type == "cuda" and not use_bf16:
-        raise ParameterError(f"precision 'bf16' was requested but {device} does not support bf16")
-    if use_bf16:
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return torch.autocast(device_type=device.type, enabled=False)
-
-
 def generate_images(
     generator: Any,
     vectors: torch.Tensor | np.ndarray,
@@ -314,7 +301,7 @@ def generate_images(
     with torch.no_grad():
         for start in range(0, len(vectors), batch_size):
             v = vectors[start : start + batch_size].to(device=device, dtype=torch.float32)
-            with _autocast(device, precision):
+            with inference_autocast(device, precision):
                 images = _generate(generator, v, torch_generator, masking)
             out.append(images_to_uint8(images))
     if not out:
@@ -351,7 +338,7 @@ def _evaluate(
     cfg: AttrOPConfig,
     device: torch.device,
 ) -> _Evaluation:
-    with _autocast(device, cfg.precision):
+    with inference_autocast(device, cfg.precision):
         embeddings = teacher(images)
         quality = embeddings.float().norm(dim=1) if quality_fn is None else quality_fn(images)
         pose = pose_model(images) if pose_model is not None else None

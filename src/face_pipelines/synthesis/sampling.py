@@ -35,6 +35,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from face_pipelines.device import resolve_device
 from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.metrics.separability import (
     DEFAULT_BLOCK_SIZE,
@@ -44,7 +45,6 @@ from face_pipelines.metrics.separability import (
     max_cosine_unit,
     unit_rows,
 )
-from face_pipelines.training.device import resolve_device
 
 CentreKind = Literal["pca", "full", "diagonal"]
 GeneratorLike = torch.Generator | np.random.Generator | int | None

@@ -9,13 +9,13 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from face_pipelines.device import maybe_channels_last, resolve_device
 from face_pipelines.errors import DataError
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.models.attributes import POSE_SCALE_DEG, PoseRegressor
 from face_pipelines.models.sixdrepnet import SixDRepNetPose, sixdrepnet_from_state_dict
 from face_pipelines.training.data import PackedTargetDataset, make_loader
-from face_pipelines.training.device import maybe_channels_last, resolve_device
 from face_pipelines.training.engine import TrainState, fit
 from face_pipelines.training.schedule import build_scheduler
 

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from face_pipelines.device import maybe_channels_last, resolve_device
 from face_pipelines.errors import DataError
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
@@ -55,7 +56,6 @@ from face_pipelines.models.drgan import (
 from face_pipelines.reporting.figures import image_grid
 from face_pipelines.synthesis.attrop import images_to_uint8
 from face_pipelines.training.data import PackedFaceDataset, make_loader, to_device_normalised
-from face_pipelines.training.device import maybe_channels_last, resolve_device
 from face_pipelines.training.engine import TrainState, fit, frozen
 from face_pipelines.training.recognizer import embed_images
 

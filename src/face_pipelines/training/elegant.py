@@ -40,6 +40,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
 
+from face_pipelines.device import resolve_device
 from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.io.atomic import atomic_path
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
@@ -54,7 +55,6 @@ from face_pipelines.models.elegant import (
 from face_pipelines.reporting.figures import image_grid
 from face_pipelines.synthesis.attrop import images_to_uint8
 from face_pipelines.training.data import PackedFaceDataset, PackedTargetDataset, make_loader
-from face_pipelines.training.device import resolve_device
 from face_pipelines.training.engine import TrainState, fit, frozen
 from face_pipelines.training.recognizer import embed_images
 

@@ -60,11 +60,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from face_pipelines.device import PrecisionPolicy, resolve_device, unwrap_model
 from face_pipelines.errors import DataError, FacePipelinesError, ParameterError
 from face_pipelines.io.atomic import atomic_path
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.training.code_version import SourceDigest, source_digest
-from face_pipelines.training.device import PrecisionPolicy, resolve_device, unwrap_model
 from face_pipelines.training.distributed import (
     EpochSampler,
     all_reduce_mean,

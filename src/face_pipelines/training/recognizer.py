@@ -20,6 +20,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 from tqdm.auto import tqdm
 
+from face_pipelines.device import (
+    maybe_channels_last,
+    maybe_compile,
+    resolve_device,
+    unwrap_model,
+)
 from face_pipelines.errors import ParameterError
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.encoded import open_image_set
@@ -39,12 +45,6 @@ from face_pipelines.training.data import (
     face_dataset,
     make_loader,
     read_skip_log,
-)
-from face_pipelines.training.device import (
-    maybe_channels_last,
-    maybe_compile,
-    resolve_device,
-    unwrap_model,
 )
 from face_pipelines.training.distributed import launch, world_info, wrap_ddp
 from face_pipelines.training.engine import TrainState, fit

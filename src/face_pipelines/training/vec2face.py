@@ -28,6 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from pytorch_msssim import ssim
 from torch import nn
 
+from face_pipelines.device import resolve_device
 from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.losses.gan import discriminator_loss, generator_adversarial_loss
@@ -40,7 +41,6 @@ from face_pipelines.models.vec2face import VEC2FACE_PRESETS, Vec2Face, Vec2FaceC
 from face_pipelines.reporting.figures import image_grid
 from face_pipelines.training.attributes import predict_pose
 from face_pipelines.training.data import PackedTargetDataset, make_loader
-from face_pipelines.training.device import resolve_device
 from face_pipelines.training.engine import TrainState, fit, frozen
 from face_pipelines.training.recognizer import embed_images
 from face_pipelines.training.schedule import build_scheduler

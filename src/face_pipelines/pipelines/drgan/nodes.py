@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from face_pipelines.device import resolve_device
 from face_pipelines.errors import DataError
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.packed import PackedImages
@@ -44,7 +45,6 @@ from face_pipelines.synthesis.factory import load_generator
 from face_pipelines.synthesis.pose_code import make_pose_code_plan, pose_bin_success
 from face_pipelines.synthesis.render import file_fingerprint, render_dataset
 from face_pipelines.synthesis.sampling import calibrate_threshold, identity_centres
-from face_pipelines.training.device import resolve_device
 from face_pipelines.training.drgan import (
     encode_images,
     even_rows,

@@ -7,6 +7,7 @@ import logging
 import pandas as pd
 from matplotlib.figure import Figure
 
+from face_pipelines.device import resolve_device
 from face_pipelines.metrics.benchmarks import (
     benchmark_paths,
     table_metrics,
@@ -18,7 +19,6 @@ from face_pipelines.reporting.dataset_card import dataset_provenance
 from face_pipelines.reporting.figures import roc_figure
 from face_pipelines.reporting.lineage import lineage_tracking_params
 from face_pipelines.reporting.metrics import flat_metrics
-from face_pipelines.training.device import resolve_device
 
 log = logging.getLogger(__name__)
 

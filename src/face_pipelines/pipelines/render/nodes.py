@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from face_pipelines.device import resolve_device
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.subset import require_path
 from face_pipelines.params import (
@@ -39,7 +40,6 @@ from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.attrop import AttrOPBatchEditor
 from face_pipelines.synthesis.factory import load_attrop_models, load_generator
 from face_pipelines.synthesis.render import export_recordio, file_fingerprint, render_dataset
-from face_pipelines.training.device import resolve_device
 
 log = logging.getLogger(__name__)
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from face_pipelines.device import resolve_device
 from face_pipelines.errors import DataError
 from face_pipelines.io.subset import require_path
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.synthesis.plan import make_identity_plan
-from face_pipelines.training.device import resolve_device
 
 
 def sample_identities(

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from face_pipelines.device import resolve_device
 from face_pipelines.io.subset import pack_subset, require_path
 from face_pipelines.metrics.benchmarks import verification_table
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
 from face_pipelines.training.attributes import train_pose_regressor
-from face_pipelines.training.device import resolve_device
 from face_pipelines.training.recognizer import extract_features, load_recognizer, train_recognizer
 
 

@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from face_pipelines.device import resolve_device
 from face_pipelines.errors import ParameterError
 from face_pipelines.io.subset import require_path
 from face_pipelines.metrics.feature_probe import probe_features, probe_headline, probe_summary
@@ -18,7 +19,6 @@ from face_pipelines.params import validate_section
 from face_pipelines.reporting.figures import image_figure, image_grid
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
 from face_pipelines.training.attributes import load_pose_regressor
-from face_pipelines.training.device import resolve_device
 from face_pipelines.training.recognizer import load_recognizer
 from face_pipelines.training.vec2face import generate_batched, train_vec2face
 

@@ -116,6 +116,33 @@ def autocast_context(
     return PrecisionPolicy.resolve(device, precision).autocast()
 
 
+def inference_autocast(
+    device: torch.device | str, precision: Precision = "auto"
+) -> contextlib.AbstractContextManager:
+    """Autocast for generation and scoring without gradients: bf16 on CUDA where supported, fp32
+    otherwise - including on CUDA GPUs without bf16, where training would fall back to fp16.
+
+    Inference has no GradScaler to catch fp16 overflows, and AttrOP's pose/quality targets are
+    thresholds a half-precision forward can flip, so 'auto' never picks fp16 here; an explicit
+    'fp16' runs fp32 for the same reason.
+
+    Raises:
+        ParameterError: 'bf16' asked for on a CUDA device that does not support it.
+    """
+    device = torch.device(device)
+    use_bf16 = (
+        device.type == "cuda"
+        and precision in ("auto", "bf16")
+        and torch.cuda.is_available()
+        and torch.cuda.is_bf16_supported()
+    )
+    if precision == "bf16" and device.type == "cuda" and not use_bf16:
+        raise ParameterError(f"precision 'bf16' was requested but {device} does not support bf16")
+    if use_bf16:
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
 # oneDNN's CPU channels_last convolution backward corrupts the heap (munmap_chunk / double-free
 # aborts, torch 2.14) when a convolution has fewer than 8 output channels; such nets stay contiguous.
 _CPU_CHANNELS_LAST_MIN_CHANNELS = 8
