@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from _env import make_packed  # benchmarks/_env.py (scripts run from benchmarks/)
+from face_pipelines.image_tensors import to_device_normalised
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.models.heads import ArcFaceHead
@@ -43,7 +44,6 @@ from face_pipelines.training.data import (
     AugmentationConfig,
     PackedFaceDataset,
     make_loader,
-    to_device_normalised,
 )
 
 RESULTS = Path(__file__).resolve().parent / "results" / "backbones.json"

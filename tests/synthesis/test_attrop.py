@@ -13,13 +13,13 @@ import torch
 from torch import nn
 
 from face_pipelines.errors import DataError, ParameterError
+from face_pipelines.image_tensors import images_to_uint8
 from face_pipelines.synthesis.attrop import (
     AttrOPBatchEditor,
     AttrOPConfig,
     AttrOPModels,
     attrop,
     generate_images,
-    images_to_uint8,
 )
 
 DIM = 8

@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from face_pipelines.errors import ParameterError
+from face_pipelines.image_tensors import to_device_normalised
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.training.data import (
     AugmentationConfig,
     PackedFaceDataset,
     augment_image,
     make_loader,
-    to_device_normalised,
 )
 from face_pipelines.training.distributed import EpochSampler
 

@@ -9,8 +9,9 @@ from torch import nn
 
 from face_pipelines.device import unwrap_model
 from face_pipelines.errors import ParameterError
+from face_pipelines.image_tensors import to_device_normalised
 from face_pipelines.io.checkpoint import load_checkpoint
-from face_pipelines.training.data import PackedFaceDataset, make_loader, to_device_normalised
+from face_pipelines.training.data import PackedFaceDataset, make_loader
 from face_pipelines.training.distributed import (
     all_reduce_mean,
     is_rank0,

@@ -6,10 +6,10 @@ import pytest
 import torch
 from torch import nn
 
+from face_pipelines.image_tensors import to_device_normalised as normalise
 from face_pipelines.io.checkpoint import load_checkpoint
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.training.data import AugmentationConfig, PackedFaceDataset, make_loader
-from face_pipelines.training.data import to_device_normalised as normalise
 from face_pipelines.training.engine import NonFiniteLossError, TrainState, fit, frozen
 from face_pipelines.training.schedule import build_scheduler
 

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from face_pipelines.errors import DataError, ParameterError
+from face_pipelines.image_tensors import normalise
 
 ACCURACY_THRESHOLDS = np.arange(0, 4, 0.01)
 VAL_THRESHOLDS = np.arange(0, 4, 0.001)
@@ -222,7 +223,7 @@ def embed_with_flip(model: torch.nn.Module, images_uint8, batch_size: int, devic
     try:
         for start in range(0, images.shape[0], batch_size):
             batch = images[start : start + batch_size].to(device, non_blocking=True)
-            x = batch.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.5)
+            x = normalise(batch.permute(0, 3, 1, 2))
             emb = model(torch.cat([x, torch.flip(x, dims=[3])]))
             n = x.shape[0]
             chunks.append((emb[:n].float() + emb[n:].float()).cpu())

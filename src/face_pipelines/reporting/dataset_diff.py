@@ -33,10 +33,10 @@ import numpy as np
 import pandas as pd
 
 from face_pipelines.errors import DataError, MissingInputError
+from face_pipelines.image_tensors import image_grid
 from face_pipelines.io.atomic import atomic_path, write_text_atomic
 from face_pipelines.io.images import decode_image
 from face_pipelines.io.manifest import validate_manifest
-from face_pipelines.reporting.figures import image_grid
 from face_pipelines.reporting.lineage import (
     STAGE_ORDER,
     LineageComparison,

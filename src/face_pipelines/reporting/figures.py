@@ -25,18 +25,6 @@ def images_per_identity_figure(manifest: pd.DataFrame, title: str = "images per 
     return fig
 
 
-def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:
-    """Tile uint8 images [N,H,W,3] into one uint8 grid image (row-major)."""
-    n, h, w, c = images.shape
-    nrows = int(np.ceil(n / ncols))
-    grid = np.full((nrows * (h + pad) + pad, ncols * (w + pad) + pad, c), 255, dtype=np.uint8)
-    for i in range(n):
-        r, col = divmod(i, ncols)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y : y + h, x : x + w] = images[i]
-    return grid
-
-
 def image_figure(image: np.ndarray, title: str = "", dpi: int = 100):
     """A matplotlib figure showing one uint8 image at its native resolution."""
     h, w = image.shape[:2]

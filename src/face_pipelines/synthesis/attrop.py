@@ -46,6 +46,7 @@ from torch import nn
 
 from face_pipelines.device import inference_autocast
 from face_pipelines.errors import DataError, ParameterError
+from face_pipelines.image_tensors import images_to_uint8
 
 __all__ = [
     "AttrOPBatchEditor",
@@ -56,7 +57,6 @@ __all__ = [
     "Masking",
     "attrop",
     "generate_images",
-    "images_to_uint8",
 ]
 
 Masking = Literal["generator_default", "inference", "train", "none"]
@@ -231,14 +231,6 @@ class AttrOPResult:
 
 # --------------------------------------------------------------------------------------------------
 # helpers shared by AttrOP and plain generation
-
-
-def images_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] float in [-1, 1] -> [B, H, W, 3] uint8 (clipped, rounded), on the CPU."""
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise DataError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
 
 
 def _generate(

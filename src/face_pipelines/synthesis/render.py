@@ -39,11 +39,12 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from face_pipelines.errors import DataError, MissingInputError, ParameterError
+from face_pipelines.image_tensors import images_to_uint8
 from face_pipelines.io.atomic import write_bytes_atomic, write_text_atomic
 from face_pipelines.io.images import encode_jpeg
 from face_pipelines.io.manifest import read_manifest, write_manifest
 from face_pipelines.io.recordio import write_recordio
-from face_pipelines.synthesis.attrop import generate_images, images_to_uint8
+from face_pipelines.synthesis.attrop import generate_images
 
 __all__ = [
     "COMPLETE_MARKER",

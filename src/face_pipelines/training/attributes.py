@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from face_pipelines.device import maybe_channels_last, resolve_device
 from face_pipelines.errors import DataError
+from face_pipelines.image_tensors import hwc_to_input, normalise
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.models.attributes import POSE_SCALE_DEG, PoseRegressor
@@ -64,7 +65,7 @@ def train_pose_regressor(
 
     def step_fn(batch, st: TrainState) -> dict:
         images, target = batch
-        x = images.to(st.device).float().div_(255.0).sub_(0.5).div_(0.5)
+        x = normalise(images.to(st.device))
         if cl:
             x = x.contiguous(memory_format=torch.channels_last)
         target = target.to(st.device)
@@ -131,7 +132,6 @@ def predict_pose(
     out = []
     with torch.no_grad():
         for s in range(0, len(images_uint8), batch_size):
-            x = torch.as_tensor(images_uint8[s : s + batch_size]).to(device)
-            x = x.permute(0, 3, 1, 2).float().div_(255.0).sub_(0.5).div_(0.5)
+            x = hwc_to_input(images_uint8[s : s + batch_size], device)
             out.append(model(x).float().cpu())
     return torch.cat(out).numpy() if out else np.zeros((0, 2), np.float32)

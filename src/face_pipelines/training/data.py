@@ -1,7 +1,7 @@
 """Training data: a Dataset over packed images with face-recognition augmentations, and a loader.
 
 Samples stay uint8 (CHW) on the CPU side - four times less to copy than float - and are normalised on
-the device with `to_device_normalised`: (x / 255 - 0.5) / 0.5, i.e. [-1, 1].
+the device with `image_tensors.to_device_normalised`: (x / 255 - 0.5) / 0.5, i.e. [-1, 1].
 
 Augmentations (each applied with its own probability, in this order):
 1. random-resized crop with zero padding: a random box (area `crop_scale`, aspect `crop_ratio`) keeps
@@ -389,16 +389,6 @@ class PackedTargetDataset(PackedFaceDataset):
             )
             for j in range(len(idx))
         ]
-
-
-def to_device_normalised(
-    images: torch.Tensor, device: torch.device | str, channels_last: bool = False
-) -> torch.Tensor:
-    """uint8 [B, 3, H, W] -> float32 on `device`, (x / 255 - 0.5) / 0.5, optionally channels_last."""
-    x = images.to(device, non_blocking=True).float().div_(255.0).sub_(0.5).div_(0.5)
-    if channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
-    return x
 
 
 def make_loader(

@@ -43,6 +43,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from face_pipelines.device import maybe_channels_last, resolve_device
 from face_pipelines.errors import DataError
+from face_pipelines.image_tensors import (
+    hwc_to_input,
+    image_grid,
+    images_to_uint8,
+    to_device_normalised,
+)
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.models.drgan import (
@@ -53,9 +59,7 @@ from face_pipelines.models.drgan import (
     pose_bin_centres,
     yaw_to_pose_bin,
 )
-from face_pipelines.reporting.figures import image_grid
-from face_pipelines.synthesis.attrop import images_to_uint8
-from face_pipelines.training.data import PackedFaceDataset, make_loader, to_device_normalised
+from face_pipelines.training.data import PackedFaceDataset, make_loader
 from face_pipelines.training.engine import TrainState, fit, frozen
 from face_pipelines.training.recognizer import embed_images
 
@@ -298,7 +302,7 @@ def score_generated(
     fake = generate_images(gen, f, targets, device, seed=seed)
     elapsed = max(time.perf_counter() - start, 1e-9)
     disc.eval()
-    x = torch.from_numpy(fake).to(device).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    x = hwc_to_input(fake, device)
     id_logits, pose_logits = disc(x)
     disc.train()
     return {

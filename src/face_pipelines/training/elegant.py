@@ -42,6 +42,7 @@ from torch import nn
 
 from face_pipelines.device import resolve_device
 from face_pipelines.errors import DataError, ParameterError
+from face_pipelines.image_tensors import hwc_to_input, image_grid, images_to_uint8, normalise
 from face_pipelines.io.atomic import atomic_path
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
@@ -52,8 +53,6 @@ from face_pipelines.models.elegant import (
     ELEGANTGenerator,
     swap_slot,
 )
-from face_pipelines.reporting.figures import image_grid
-from face_pipelines.synthesis.attrop import images_to_uint8
 from face_pipelines.training.data import PackedFaceDataset, PackedTargetDataset, make_loader
 from face_pipelines.training.engine import TrainState, fit, frozen
 from face_pipelines.training.recognizer import embed_images
@@ -440,8 +439,7 @@ def swap_forward(gen: ELEGANTGenerator, x_a: torch.Tensor, x_b: torch.Tensor, at
 
 # -- inference helpers -----------------------------------------------------------------------------
 def _to_input(images_u8: np.ndarray, device) -> torch.Tensor:
-    x = torch.from_numpy(np.ascontiguousarray(images_u8)).to(device)
-    return x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return hwc_to_input(np.ascontiguousarray(images_u8), device)
 
 
 @torch.no_grad()
@@ -623,7 +621,7 @@ def train_elegant(
         a_u8, b_u8, y_a, y_b, attr = batch
         i = int(attr[0])
         G, D = st.models["gen"], st.models["disc"]
-        x_a, x_b = (t.to(st.device).float().div_(127.5).sub_(1.0) for t in (a_u8, b_u8))
+        x_a, x_b = (normalise(t.to(st.device)) for t in (a_u8, b_u8))
         y_a, y_b = y_a.to(st.device), y_b.to(st.device)
         c_terms = {}
         if cfg.attribute_weight > 0 and st.step < cfg.critic_warmup_steps:
@@ -799,7 +797,7 @@ def train_attribute_classifier(
 
     def step_fn(batch, st: TrainState) -> dict:
         images, target = batch
-        x = images.to(st.device).float().div_(127.5).sub_(1.0)
+        x = normalise(images.to(st.device))
         with st.autocast():
             logits = st.model(x).float()
         loss = F.binary_cross_entropy_with_logits(

@@ -27,6 +27,7 @@ from face_pipelines.device import (
     unwrap_model,
 )
 from face_pipelines.errors import ParameterError
+from face_pipelines.image_tensors import hwc_to_input, normalise
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.encoded import open_image_set
 from face_pipelines.io.packed import PackedImages
@@ -155,7 +156,7 @@ def _make_step_fn(cfg: RecognizerConfig, channels_last: bool):
 
     def step_fn(batch, state: TrainState) -> dict:
         images, labels = batch
-        x = images.to(state.device, non_blocking=True).float().div_(255.0).sub_(0.5).div_(0.5)
+        x = normalise(images.to(state.device, non_blocking=True))
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         labels = labels.to(state.device, non_blocking=True)
@@ -379,8 +380,7 @@ def extract_features(
             range(0, len(packed), batch_size), desc="extract features", disable=not progress
         ):
             images, _ = packed.get_batch(np.arange(s, min(s + batch_size, len(packed))))
-            x = torch.from_numpy(images).to(device).permute(0, 3, 1, 2).float()
-            x = x.div_(255.0).sub_(0.5).div_(0.5)
+            x = hwc_to_input(images, device)
             out.append(model(x).float().cpu())
     return torch.cat(out).numpy().astype(np.float32, copy=False)
 
@@ -393,8 +393,7 @@ def embed_images(
     model.eval()
     out = []
     for s in range(0, len(images_u8), batch_size):
-        x = torch.from_numpy(np.ascontiguousarray(images_u8[s : s + batch_size])).to(device)
-        x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        x = hwc_to_input(np.ascontiguousarray(images_u8[s : s + batch_size]), device)
         out.append(model(x).float().cpu())
     if not out:
         raise ValueError("embed_images got no images")

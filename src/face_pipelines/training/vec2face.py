@@ -29,6 +29,7 @@ from pytorch_msssim import ssim
 from torch import nn
 
 from face_pipelines.device import resolve_device
+from face_pipelines.image_tensors import hwc_to_input, image_grid, images_to_uint8, normalise
 from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.losses.gan import discriminator_loss, generator_adversarial_loss
@@ -38,7 +39,6 @@ from face_pipelines.metrics.separability import pixel_spread
 from face_pipelines.models import vec2face as models_vec2face
 from face_pipelines.models.discriminator import build_discriminator
 from face_pipelines.models.vec2face import VEC2FACE_PRESETS, Vec2Face, Vec2FaceConfig
-from face_pipelines.reporting.figures import image_grid
 from face_pipelines.training.attributes import predict_pose
 from face_pipelines.training.data import PackedTargetDataset, make_loader
 from face_pipelines.training.engine import TrainState, fit, frozen
@@ -212,15 +212,6 @@ def _ema_update(ema: nn.Module, model: nn.Module, decay: float) -> None:
         e.copy_(b)
 
 
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def _normalise(images_u8: torch.Tensor, device) -> torch.Tensor:
-    return images_u8.to(device).float().div_(255.0).sub_(0.5).div_(0.5)
-
-
 @torch.no_grad()
 def generate_batched(
     gen: Vec2Face,
@@ -236,7 +227,7 @@ def generate_batched(
     out = []
     gen.eval()
     for s in range(0, len(feats), batch_size):
-        out.append(_to_uint8(gen.generate(feats[s : s + batch_size].to(device), masking, g)))
+        out.append(images_to_uint8(gen.generate(feats[s : s + batch_size].to(device), masking, g)))
     return (
         np.concatenate(out) if out else np.zeros((0, gen.image_size, gen.image_size, 3), np.uint8)
     )
@@ -277,8 +268,8 @@ def evaluate_generator(
     id_cos = _cos(t_fake, feats)
     judge_cos = _cos(j_fake, j_real)
     with torch.no_grad():
-        f_t = torch.from_numpy(fake).permute(0, 3, 1, 2).float() / 127.5 - 1
-        r_t = torch.from_numpy(images_u8).permute(0, 3, 1, 2).float() / 127.5 - 1
+        f_t = hwc_to_input(fake)
+        r_t = hwc_to_input(images_u8)
         ssim_mean = float(_ssim(f_t, r_t))
         extra = {}
         if lpips is not None:
@@ -467,7 +458,7 @@ def train_vec2face(
 
     def step_fn(batch, st: TrainState) -> dict:
         images, feats = batch
-        x = _normalise(images, st.device)
+        x = normalise(images.to(st.device))
         f = feats.to(st.device)
         G, D = st.models["gen"], st.models["disc"]
         gan_on = st.epoch >= cfg.gan_start_epoch and w.gan > 0
