@@ -33,8 +33,7 @@ import yaml
 
 from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
-from face_pipelines.training.attributes import load_pose_regressor
-from face_pipelines.training.recognizer import load_recognizer
+from face_pipelines.models.inference import load_pose_regressor, load_recognizer
 from face_pipelines.training.vec2face import CurveLog, Vec2FaceTrainConfig, train_vec2face
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 
 from face_pipelines.errors import DataError, MissingInputError
+from face_pipelines.metrics.separability import identity_centres
 from face_pipelines.pipelines.sample.nodes import sample_identities
 from face_pipelines.synthesis.plan import SampleConfig, make_identity_plan
-from face_pipelines.synthesis.sampling import calibrate_threshold, identity_centres
+from face_pipelines.synthesis.sampling import calibrate_threshold
 
 D = 16
 

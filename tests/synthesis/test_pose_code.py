@@ -15,6 +15,7 @@ from pydantic import ValidationError
 from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.models.drgan import DRGANConfig, DRGANGenerator
+from face_pipelines.models.inference import DRGAN_ARCH, embed_images, load_recognizer
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.dataset_card import add_pose_code_measures
 from face_pipelines.reporting.rendered import decode_rendered
@@ -32,8 +33,7 @@ from face_pipelines.synthesis.render import (
     load_rendered_manifest,
     render_dataset,
 )
-from face_pipelines.training.drgan import DRGAN_ARCH, save_encoder_checkpoint
-from face_pipelines.training.recognizer import embed_images, load_recognizer
+from face_pipelines.training.drgan import save_encoder_checkpoint
 
 CENTRES_DEG = np.array([-60.0, 0.0, 60.0])
 MODEL = DRGANConfig(

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from face_pipelines.errors import DataError, ParameterError
+from face_pipelines.metrics.separability import identity_centres
 from face_pipelines.synthesis.sampling import (
     calibrate_threshold,
     fit_centre_distribution,
-    identity_centres,
     intra_class_vectors,
     sample_identity_centres,
 )

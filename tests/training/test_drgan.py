@@ -14,6 +14,7 @@ from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.models.drgan import DRGANConfig, DRGANGenerator
+from face_pipelines.models.inference import load_drgan
 from face_pipelines.params import validate_section
 from face_pipelines.pipelines.drgan.nodes import subset_yaw_labels, train_pose_generator
 from face_pipelines.training.drgan import (
@@ -23,7 +24,6 @@ from face_pipelines.training.drgan import (
     encode_images,
     generate_images,
     generator_loss,
-    load_drgan,
     pose_grid,
     train_drgan,
 )

@@ -14,6 +14,7 @@ from torch import nn
 from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.models.elegant import ELEGANTConfig, ELEGANTGenerator
+from face_pipelines.models.inference import load_attribute_classifier, load_elegant
 from face_pipelines.params import validate_section
 from face_pipelines.pipelines.elegant.nodes import subset_attribute_labels
 from face_pipelines.training.elegant import (
@@ -27,8 +28,6 @@ from face_pipelines.training.elegant import (
     edit_dataset,
     generator_loss,
     interpolation_grid,
-    load_attribute_classifier,
-    load_elegant,
     train_attribute_classifier,
     train_elegant,
     transfer_attribute,

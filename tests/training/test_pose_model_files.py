@@ -9,9 +9,9 @@ import torch
 
 from face_pipelines.errors import DataError
 from face_pipelines.io.checkpoint import save_checkpoint
+from face_pipelines.models.inference import load_pose_regressor, predict_pose
 from face_pipelines.models.repvgg import RepVGGLayout
 from face_pipelines.models.sixdrepnet import SixDRepNet, SixDRepNetPose
-from face_pipelines.training.attributes import load_pose_regressor, predict_pose
 
 TINY = RepVGGLayout(
     stem_width=8, stage_blocks=(1, 1, 1, 1), stage_widths=(8, 8, 16, 16), groups=(1,) * 5

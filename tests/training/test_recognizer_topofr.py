@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from face_pipelines.io.checkpoint import load_checkpoint
-from face_pipelines.training.recognizer import RecognizerConfig, load_recognizer, train_recognizer
+from face_pipelines.models.inference import load_recognizer
+from face_pipelines.training.recognizer import RecognizerConfig, train_recognizer
 
 from .helpers import Stop, make_packed, recorder
 

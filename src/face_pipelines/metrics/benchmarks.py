@@ -21,7 +21,7 @@ from face_pipelines.metrics.verification import (
     verification_accuracy,
     verification_curve,
 )
-from face_pipelines.training.recognizer import load_recognizer
+from face_pipelines.models.inference import load_recognizer
 
 
 def evaluate_on_benchmark(

@@ -277,6 +277,38 @@ def separability_sequential(
 # ----------------------------------------------------------------------------- intra-class spread
 
 
+def identity_centres(features, labels) -> np.ndarray:
+    """Mean raw feature per identity.
+
+    Args:
+        features: [N, D] raw (un-normalised) teacher features.
+        labels: [N] integer identity labels.
+
+    Returns:
+        float32 [C, D]; row i belongs to the i-th smallest label (= label i for labels contiguous
+        from 0, the manifest contract).
+
+    Raises:
+        DataError: misaligned/non-integer labels, or non-finite features.
+    """
+    feats = as_matrix(features, "features")
+    labels = np.asarray(labels).reshape(-1)
+    if labels.shape[0] != feats.shape[0]:
+        raise DataError(
+            f"labels: expected one label per feature row ({feats.shape[0]}), got {labels.shape[0]}"
+        )
+    if feats.shape[0] == 0:
+        raise DataError("features: expected at least one row, got 0")
+    if not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"labels: expected integer identity labels, got dtype {labels.dtype}")
+    uniques, inverse = np.unique(labels, return_inverse=True)
+    index = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
+    sums = torch.zeros((len(uniques), feats.shape[1]), dtype=torch.float64)
+    sums.index_add_(0, index, feats.to(torch.float64))
+    counts = torch.bincount(index, minlength=len(uniques)).to(torch.float64)
+    return (sums / counts[:, None]).to(torch.float32).numpy()
+
+
 def intra_class_cosines(features, labels) -> np.ndarray:
     """Each image's cosine similarity to its identity centre (the identity's mean raw feature).
 
@@ -287,9 +319,6 @@ def intra_class_cosines(features, labels) -> np.ndarray:
     Returns:
         float32 [N], aligned with the rows of `features`.
     """
-    # Imported here: synthesis.sampling imports this module for its blockwise helpers.
-    from face_pipelines.synthesis.sampling import identity_centres
-
     feats = as_matrix(features, "features")
     centres = torch.from_numpy(identity_centres(feats.numpy(), labels))
     _, inverse = np.unique(np.asarray(labels), return_inverse=True)

@@ -12,6 +12,7 @@ import pandas as pd
 from face_pipelines.metrics.feature_probe import probe_summary
 from face_pipelines.metrics.feature_stats import frechet_distance
 from face_pipelines.metrics.separability import (
+    identity_centres,
     intra_class_cosines,
     intra_class_summary,
     max_cosine_to_others,
@@ -19,7 +20,6 @@ from face_pipelines.metrics.separability import (
     separability_curve,
 )
 from face_pipelines.reporting.figures import plt
-from face_pipelines.synthesis.sampling import identity_centres
 
 CURVE_TS = np.round(np.arange(0.30, 0.901, 0.05), 2)
 YAW_BINS = np.arange(-90, 91, 10)

@@ -1,36 +1,20 @@
-"""Metric histories: what library code reports through its `log(metrics, step)` callback.
+"""Metric histories for MLflow: what library code reports through its `log(metrics, step)` callback.
 
-Library code never imports MLflow. It calls `log(metrics: dict, step: int)`; a `MetricHistory` records
-those calls and converts them to the `{name: [{"step": s, "value": v}, ...]}` form that the catalog's
-MLflow metrics datasets log, so per-epoch curves land in MLflow without the library knowing about it.
+Library code never imports MLflow. It calls `log(metrics: dict, step: int)`; a `MetricHistory`
+(defined in face_pipelines.training.history, re-exported here for the nodes) records those calls and
+converts them to the `{name: [{"step": s, "value": v}, ...]}` form that the catalog's MLflow metrics
+datasets log; `flat_metrics` turns a nested report into the same form.
 """
 
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Mapping
 from numbers import Number
 
+from face_pipelines.training.history import MetricHistory
 
-class MetricHistory:
-    """Callable `log(metrics, step)` that keeps every finite numeric value by name."""
-
-    def __init__(self, prefix: str = ""):
-        self.prefix = prefix
-        self.history: dict[str, list[dict]] = defaultdict(list)
-
-    def __call__(self, metrics: Mapping[str, object], step: int) -> None:
-        for name, value in metrics.items():
-            if isinstance(value, bool) or not isinstance(value, Number):
-                continue
-            value = float(value)
-            if math.isfinite(value):
-                key = f"{self.prefix}{name}" if self.prefix else name
-                self.history[key].append({"step": int(step), "value": value})
-
-    def as_mlflow(self) -> dict[str, list[dict]]:
-        return {k: list(v) for k, v in self.history.items()}
+__all__ = ["MetricHistory", "flat_metrics"]
 
 
 def flat_metrics(values: Mapping[str, object], prefix: str = "", step: int = 0) -> dict:

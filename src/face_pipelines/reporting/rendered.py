@@ -12,10 +12,14 @@ import pandas as pd
 
 from face_pipelines.io.images import decode_image
 from face_pipelines.io.packed import PackedImages
+from face_pipelines.models.inference import (
+    embed_images,
+    load_pose_regressor,
+    load_recognizer,
+    predict_pose,
+)
 from face_pipelines.reporting.dataset_card import build_dataset_card
 from face_pipelines.synthesis.render import load_rendered_manifest
-from face_pipelines.training.attributes import load_pose_regressor, predict_pose
-from face_pipelines.training.recognizer import embed_images, load_recognizer
 
 
 class RenderedMeasures(NamedTuple):

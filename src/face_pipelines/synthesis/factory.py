@@ -5,13 +5,11 @@ from __future__ import annotations
 from face_pipelines.errors import ParameterError
 from face_pipelines.io.checkpoint import load_checkpoint
 from face_pipelines.models.attributes import EmbeddingNormQuality
+from face_pipelines.models.inference import load_drgan, load_pose_regressor, load_recognizer
 from face_pipelines.models.sixdrepnet import SixDRepNetPose, sixdrepnet_from_state_dict
+from face_pipelines.models.vec2face import load_vec2face
 from face_pipelines.synthesis.attrop import AttrOPModels
 from face_pipelines.synthesis.pose_code import PoseCodeGenerator
-from face_pipelines.training.attributes import load_pose_regressor
-from face_pipelines.training.drgan import load_drgan
-from face_pipelines.training.recognizer import load_recognizer
-from face_pipelines.training.vec2face import load_vec2face
 
 GENERATORS = ("vec2face", "drgan")
 

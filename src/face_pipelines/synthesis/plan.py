@@ -10,10 +10,10 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from face_pipelines.errors import DataError
+from face_pipelines.metrics.separability import identity_centres
 from face_pipelines.synthesis.sampling import (
     calibrate_threshold,
     fit_centre_distribution,
-    identity_centres,
     intra_class_vectors,
     sample_identity_centres,
 )

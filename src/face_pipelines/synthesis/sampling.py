@@ -5,7 +5,7 @@ All vectors live at the teacher's raw feature scale (un-normalised embeddings; f
 the norm is ~22), because that is what the vector -> face generator was trained on.
 
 Steps, as the `sample` pipeline runs them:
-1. `identity_centres(features, labels)`: mean raw feature per real identity.
+1. `metrics.separability.identity_centres(features, labels)`: mean raw feature per real identity.
 2. `fit_centre_distribution(centres)`: a Gaussian over identity centres. The default is PCA (a full
    covariance when there are enough centres): a diagonal Gaussian ignores the correlations between
    feature dimensions and draws vectors far off the manifold of real identities, which the
@@ -85,38 +85,6 @@ def make_generator(generator: GeneratorLike) -> torch.Generator | None:
 
 
 # ----------------------------------------------------------------------------- identity centres
-
-
-def identity_centres(features, labels) -> np.ndarray:
-    """Mean raw feature per identity.
-
-    Args:
-        features: [N, D] raw (un-normalised) teacher features.
-        labels: [N] integer identity labels.
-
-    Returns:
-        float32 [C, D]; row i belongs to the i-th smallest label (= label i for labels contiguous
-        from 0, the manifest contract).
-
-    Raises:
-        DataError: misaligned/non-integer labels, or non-finite features.
-    """
-    feats = as_matrix(features, "features")
-    labels = np.asarray(labels).reshape(-1)
-    if labels.shape[0] != feats.shape[0]:
-        raise DataError(
-            f"labels: expected one label per feature row ({feats.shape[0]}), got {labels.shape[0]}"
-        )
-    if feats.shape[0] == 0:
-        raise DataError("features: expected at least one row, got 0")
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise DataError(f"labels: expected integer identity labels, got dtype {labels.dtype}")
-    uniques, inverse = np.unique(labels, return_inverse=True)
-    index = torch.from_numpy(inverse.reshape(-1).astype(np.int64))
-    sums = torch.zeros((len(uniques), feats.shape[1]), dtype=torch.float64)
-    sums.index_add_(0, index, feats.to(torch.float64))
-    counts = torch.bincount(index, minlength=len(uniques)).to(torch.float64)
-    return (sums / counts[:, None]).to(torch.float32).numpy()
 
 
 # ----------------------------------------------------------------------------- centre distribution

@@ -26,8 +26,8 @@ from face_pipelines.errors import ParameterError
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.encoded import open_image_set
 from face_pipelines.metrics.benchmarks import verification_table
-from face_pipelines.reporting.metrics import MetricHistory
 from face_pipelines.training.code_version import source_digest
+from face_pipelines.training.history import MetricHistory
 from face_pipelines.training.recognizer import RecognizerConfig, train_recognizer
 
 DIAGNOSTICS = ("l_sa", "sde_mean_weight", "sde_hard_fraction", "topology_discrepancy")

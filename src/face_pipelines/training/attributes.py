@@ -10,12 +10,11 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from face_pipelines.device import maybe_channels_last, resolve_device
-from face_pipelines.errors import DataError
-from face_pipelines.image_tensors import hwc_to_input, normalise
-from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
+from face_pipelines.image_tensors import normalise
+from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.models.attributes import POSE_SCALE_DEG, PoseRegressor
-from face_pipelines.models.sixdrepnet import SixDRepNetPose, sixdrepnet_from_state_dict
+from face_pipelines.models.inference import POSE_REGRESSOR_ARCH
 from face_pipelines.training.data import PackedTargetDataset, make_loader
 from face_pipelines.training.engine import TrainState, fit
 from face_pipelines.training.schedule import build_scheduler
@@ -95,7 +94,7 @@ def train_pose_regressor(
     )
     save_checkpoint(
         Path(out_dir) / "model.pt",
-        arch="pose_regressor",
+        arch=POSE_REGRESSOR_ARCH,
         config={"widths": list(config.widths), "input_size": packed.image_size},
         state_dict={k: v.detach().cpu() for k, v in model.state_dict().items()},
         meta={"outputs": ["yaw_deg", "pitch_deg"]},
@@ -105,33 +104,3 @@ def train_pose_regressor(
         "checkpoint": str(Path(out_dir) / "model.pt"),
         "final": {k: float(v) for k, v in last.items()},
     }
-
-
-def load_pose_regressor(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
-    """A (yaw, pitch) model in eval mode: this project's PoseRegressor checkpoint, or a 6DRepNet
-    file (a bare state dict in deploy or train form, e.g. the released
-    6DRepNet_300W_LP_AFLW2000.pth). Both take RGB images in [-1, 1] and return degrees [B, 2]."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("arch") is None:
-        net = sixdrepnet_from_state_dict(ckpt["state_dict"], source=f"6DRepNet file {path}")
-        return SixDRepNetPose(net).to(device).eval()
-    if ckpt.get("arch") != "pose_regressor":
-        raise DataError(
-            f"{path}: expected a pose_regressor checkpoint or a 6DRepNet state dict, got arch "
-            f"{ckpt.get('arch')!r}"
-        )
-    model = PoseRegressor(**ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model.to(device).eval()
-
-
-def predict_pose(
-    model: PoseRegressor, images_uint8: np.ndarray, device, batch_size: int = 512
-) -> np.ndarray:
-    """(yaw, pitch) degrees [N,2] for uint8 RGB images [N,H,W,3]."""
-    out = []
-    with torch.no_grad():
-        for s in range(0, len(images_uint8), batch_size):
-            x = hwc_to_input(images_uint8[s : s + batch_size], device)
-            out.append(model(x).float().cpu())
-    return torch.cat(out).numpy() if out else np.zeros((0, 2), np.float32)

@@ -49,7 +49,7 @@ from face_pipelines.image_tensors import (
     images_to_uint8,
     to_device_normalised,
 )
-from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
+from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.models.drgan import (
     DRGANConfig,
@@ -59,11 +59,9 @@ from face_pipelines.models.drgan import (
     pose_bin_centres,
     yaw_to_pose_bin,
 )
+from face_pipelines.models.inference import DRGAN_ARCH, embed_images, load_drgan
 from face_pipelines.training.data import PackedFaceDataset, make_loader
 from face_pipelines.training.engine import TrainState, fit, frozen
-from face_pipelines.training.recognizer import embed_images
-
-DRGAN_ARCH = "drgan"
 
 
 class DRGANTrainConfig(BaseModel):
@@ -523,15 +521,3 @@ def judge_reconstruction(
         "judge_identity_cos_per_bin": [float(c.mean()) if len(c) else None for c in per_bin],
         "judge_eval_images": int(len(real_u8)),
     }
-
-
-def load_drgan(path: str | Path, device: torch.device | str = "cpu") -> DRGANGenerator:
-    """The trained DR-GAN generator (encoder + decoder) in eval mode."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("arch") != DRGAN_ARCH:
-        raise DataError(
-            f"{path}: expected a {DRGAN_ARCH} checkpoint, got arch {ckpt.get('arch')!r}"
-        )
-    gen = DRGANGenerator(DRGANConfig(**ckpt["config"]))
-    gen.load_state_dict(ckpt["state_dict"], strict=True)
-    return gen.to(device).eval()

@@ -44,7 +44,7 @@ from face_pipelines.device import resolve_device
 from face_pipelines.errors import DataError, ParameterError
 from face_pipelines.image_tensors import hwc_to_input, image_grid, images_to_uint8, normalise
 from face_pipelines.io.atomic import atomic_path
-from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
+from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.models.attributes import AttributeClassifier
 from face_pipelines.models.elegant import (
@@ -53,12 +53,10 @@ from face_pipelines.models.elegant import (
     ELEGANTGenerator,
     swap_slot,
 )
+from face_pipelines.models.inference import CLASSIFIER_ARCH, ELEGANT_ARCH, embed_images
 from face_pipelines.training.data import PackedFaceDataset, PackedTargetDataset, make_loader
 from face_pipelines.training.engine import TrainState, fit, frozen
-from face_pipelines.training.recognizer import embed_images
 
-ELEGANT_ARCH = "elegant"
-CLASSIFIER_ARCH = "attribute_classifier"
 LogFn = Callable[[dict, int], None]
 
 
@@ -743,16 +741,6 @@ def train_elegant(
     return report
 
 
-def load_elegant(path: str | Path, device="cpu") -> tuple[ELEGANTGenerator, list[str]]:
-    """The trained ELEGANT generator (eval mode) and its attribute names in slot order."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("arch") != ELEGANT_ARCH:
-        raise DataError(f"{path}: expected an {ELEGANT_ARCH} checkpoint, got {ckpt.get('arch')!r}")
-    gen = ELEGANTGenerator(ELEGANTConfig(**ckpt["config"]))
-    gen.load_state_dict(ckpt["state_dict"], strict=True)
-    return gen.to(device).eval(), list(ckpt["meta"]["attributes"])
-
-
 # -- attribute classifier --------------------------------------------------------------------------
 def _heldout_split(identities: np.ndarray, fraction: float, seed: int):
     ids = np.unique(identities)
@@ -852,18 +840,6 @@ def train_attribute_classifier(
         meta={"attributes": list(attributes), "heldout": heldout},
     )
     return report
-
-
-def load_attribute_classifier(path: str | Path, device="cpu") -> tuple[nn.Module, list[str]]:
-    """The trained attribute classifier (eval mode) and its attribute names in logit order."""
-    ckpt = load_checkpoint(path)
-    if ckpt.get("arch") != CLASSIFIER_ARCH:
-        raise DataError(
-            f"{path}: expected an {CLASSIFIER_ARCH} checkpoint, got {ckpt.get('arch')!r}"
-        )
-    model = AttributeClassifier(**ckpt["config"])
-    model.load_state_dict(ckpt["state_dict"], strict=True)
-    return model.to(device).eval(), list(ckpt["meta"]["attributes"])
 
 
 # -- editing a synthetic dataset -------------------------------------------------------------------

@@ -14,11 +14,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
-from tqdm.auto import tqdm
 
 from face_pipelines.device import (
     maybe_channels_last,
@@ -26,11 +24,9 @@ from face_pipelines.device import (
     resolve_device,
     unwrap_model,
 )
-from face_pipelines.errors import ParameterError
-from face_pipelines.image_tensors import hwc_to_input, normalise
-from face_pipelines.io.checkpoint import load_checkpoint, save_checkpoint
+from face_pipelines.image_tensors import normalise
+from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.encoded import open_image_set
-from face_pipelines.io.packed import PackedImages
 from face_pipelines.losses.perturbations import random_structure_perturbation
 from face_pipelines.losses.topofr import (
     input_space_distances,
@@ -40,7 +36,7 @@ from face_pipelines.losses.topofr import (
     topology_discrepancy,
 )
 from face_pipelines.models.heads import build_head
-from face_pipelines.models.registry import build_backbone, load_backbone_weights
+from face_pipelines.models.registry import build_backbone
 from face_pipelines.training.data import (
     AugmentationConfig,
     face_dataset,
@@ -318,83 +314,19 @@ def train_recognizer(
     Resumes from `<out_dir>/train_state/last.pt` if a previous run was interrupted. With
     `config.devices > 1` the worker is launched torchrun-style (one process per device); inside an
     existing torchrun world it joins that world instead. Returns a summary dict (rank 0).
+
+    `log(metrics, step)` is called on rank 0. Spawned workers (`devices > 1`) get it only when it
+    says `logs_from_workers = True` (a picklable callback that writes somewhere itself, e.g. the
+    live MLflow logger): a plain in-memory recorder would fill a copy in another process.
     """
     Path(out_dir).mkdir(parents=True, exist_ok=True)
+    to_workers = config.devices == 1 or getattr(log, "logs_from_workers", False)
     args = (
         str(packed_root),
         str(out_dir),
         config.model_dump(),
         device,
         progress,
-        log if config.devices == 1 else None,
+        log if to_workers else None,
     )
     return launch(_train_worker, args, devices=config.devices)
-
-
-def load_recognizer(
-    path: str | Path,
-    device: torch.device | str = "cpu",
-    arch: str | None = None,
-    input_size: int = 112,
-    embedding_dim: int = 512,
-) -> tuple[nn.Module, int]:
-    """A backbone in eval mode and its input size, from this project's checkpoint or a foreign one.
-
-    A foreign insightface `backbone.pth` (bare state_dict) needs `arch` (e.g. 'iresnet100') and
-    `input_size`; a project checkpoint records both itself.
-    """
-    ckpt = load_checkpoint(path)
-    if ckpt.get("arch") is None:
-        if arch is None:
-            raise ParameterError(
-                f"{path} is a bare state_dict (e.g. insightface backbone.pth): give its "
-                "architecture (teacher.checkpoint_arch, e.g. iresnet100)"
-            )
-        config = {
-            "num_features" if arch != "small" else "embedding_dim": embedding_dim,
-            "input_size": input_size,
-        }
-        model = build_backbone(arch, **config)
-    else:
-        model = build_backbone(ckpt["arch"], **ckpt["config"])
-        input_size = int(ckpt["config"].get("input_size", input_size))
-    load_backbone_weights(model, ckpt, strict=True)
-    return model.to(device).eval(), input_size
-
-
-def extract_features(
-    model: nn.Module,
-    packed_root: str | Path,
-    device: torch.device | str = "cpu",
-    batch_size: int = 256,
-    progress: bool = True,
-) -> np.ndarray:
-    """Raw (un-normalised) embeddings float32 [N, D] of every packed image, in packed order."""
-
-    packed = PackedImages(Path(packed_root))
-    device = torch.device(device)
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for s in tqdm(
-            range(0, len(packed), batch_size), desc="extract features", disable=not progress
-        ):
-            images, _ = packed.get_batch(np.arange(s, min(s + batch_size, len(packed))))
-            x = hwc_to_input(images, device)
-            out.append(model(x).float().cpu())
-    return torch.cat(out).numpy().astype(np.float32, copy=False)
-
-
-@torch.no_grad()
-def embed_images(
-    model: nn.Module, images_u8: np.ndarray, device, batch_size: int = 256
-) -> np.ndarray:
-    """Raw embeddings float32 [N, D] of uint8 RGB images [N, H, W, 3] (no flip), eval mode."""
-    model.eval()
-    out = []
-    for s in range(0, len(images_u8), batch_size):
-        x = hwc_to_input(np.ascontiguousarray(images_u8[s : s + batch_size]), device)
-        out.append(model(x).float().cpu())
-    if not out:
-        raise ValueError("embed_images got no images")
-    return torch.cat(out).numpy()

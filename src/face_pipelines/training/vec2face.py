@@ -36,13 +36,11 @@ from face_pipelines.losses.gan import discriminator_loss, generator_adversarial_
 from face_pipelines.losses.lpips import LPIPSVGG
 from face_pipelines.metrics.feature_stats import frechet_distance
 from face_pipelines.metrics.separability import pixel_spread
-from face_pipelines.models import vec2face as models_vec2face
 from face_pipelines.models.discriminator import build_discriminator
+from face_pipelines.models.inference import embed_images, predict_pose
 from face_pipelines.models.vec2face import VEC2FACE_PRESETS, Vec2Face, Vec2FaceConfig
-from face_pipelines.training.attributes import predict_pose
 from face_pipelines.training.data import PackedTargetDataset, make_loader
 from face_pipelines.training.engine import TrainState, fit, frozen
-from face_pipelines.training.recognizer import embed_images
 from face_pipelines.training.schedule import build_scheduler
 
 
@@ -611,9 +609,3 @@ def train_vec2face(
         "grid": str(grids_dir / "final.png"),
         **report,
     }
-
-
-def load_vec2face(path: str | Path, device: torch.device | str = "cpu") -> Vec2Face:
-    """The generator in eval mode: this trainer's checkpoint (EMA weights) or upstream's released
-    vec2face_generator.pth (face_pipelines.models.vec2face.load_vec2face)."""
-    return models_vec2face.load_vec2face(path, device)

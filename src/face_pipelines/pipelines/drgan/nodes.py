@@ -21,8 +21,9 @@ from face_pipelines.metrics.benchmarks import (
     table_metrics,
     verification_markdown,
 )
-from face_pipelines.metrics.separability import intra_class_cosines
+from face_pipelines.metrics.separability import identity_centres, intra_class_cosines
 from face_pipelines.models.drgan import yaw_to_pose_bin
+from face_pipelines.models.inference import embed_images, load_drgan, load_recognizer
 from face_pipelines.params import validate_section
 from face_pipelines.pipelines.evaluate.nodes import verify_recognizers
 from face_pipelines.reporting.dataset_card import (
@@ -44,16 +45,14 @@ from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.factory import load_generator
 from face_pipelines.synthesis.pose_code import make_pose_code_plan, pose_bin_success
 from face_pipelines.synthesis.render import file_fingerprint, render_dataset
-from face_pipelines.synthesis.sampling import calibrate_threshold, identity_centres
+from face_pipelines.synthesis.sampling import calibrate_threshold
 from face_pipelines.training.drgan import (
     encode_images,
     even_rows,
     judge_reconstruction,
-    load_drgan,
     save_encoder_checkpoint,
     train_drgan,
 )
-from face_pipelines.training.recognizer import embed_images, load_recognizer
 
 log = logging.getLogger(__name__)
 

@@ -12,6 +12,7 @@ from PIL import Image
 from face_pipelines.errors import DataError
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.metrics.benchmarks import table_metrics, verification_markdown
+from face_pipelines.models.inference import load_attribute_classifier, load_elegant, load_recognizer
 from face_pipelines.params import validate_section
 from face_pipelines.pipelines.evaluate.nodes import verify_recognizers
 from face_pipelines.reporting.figures import image_figure
@@ -26,13 +27,10 @@ from face_pipelines.training.elegant import (
     attribute_labels,
     attribute_labels_by_path,
     edit_dataset,
-    load_attribute_classifier,
-    load_elegant,
     read_label_table,
     train_attribute_classifier,
     train_elegant,
 )
-from face_pipelines.training.recognizer import load_recognizer
 
 SUBSET_MANIFEST = "subset_packed_manifest (data/03_primary/subset_manifest.parquet)"
 

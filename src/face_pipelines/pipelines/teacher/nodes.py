@@ -11,10 +11,11 @@ import pandas as pd
 from face_pipelines.device import resolve_device
 from face_pipelines.io.subset import pack_subset, require_path
 from face_pipelines.metrics.benchmarks import verification_table
+from face_pipelines.models.inference import extract_features, load_recognizer
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
 from face_pipelines.training.attributes import train_pose_regressor
-from face_pipelines.training.recognizer import extract_features, load_recognizer, train_recognizer
+from face_pipelines.training.recognizer import train_recognizer
 
 
 def _needs_pretrain(t) -> bool:

@@ -15,12 +15,11 @@ from face_pipelines.errors import ParameterError
 from face_pipelines.image_tensors import image_grid
 from face_pipelines.io.subset import require_path
 from face_pipelines.metrics.feature_probe import probe_features, probe_headline, probe_summary
+from face_pipelines.models.inference import load_pose_regressor, load_recognizer
 from face_pipelines.models.vec2face import load_vec2face
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.figures import image_figure
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
-from face_pipelines.training.attributes import load_pose_regressor
-from face_pipelines.training.recognizer import load_recognizer
 from face_pipelines.training.vec2face import generate_batched, train_vec2face
 
 log = logging.getLogger(__name__)
