@@ -23,15 +23,13 @@ from face_pipelines.training.elegant import (
     ELEGANTTrainConfig,
     attribute_labels,
     attribute_labels_by_path,
-    critic_loss,
-    discriminator_loss,
     edit_dataset,
-    generator_loss,
     interpolation_grid,
     train_attribute_classifier,
     train_elegant,
     transfer_attribute,
 )
+from face_pipelines.training.elegant.losses import critic_loss, discriminator_loss, generator_loss
 
 from .helpers import Stop, make_packed, recorder
 

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import random
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -444,3 +445,28 @@ def make_loader(
         # resuming mid-epoch does not shift dropout & co.
         generator=torch.Generator().manual_seed(int(seed)),
     )
+
+
+def heldout_identity_split(
+    labels: np.ndarray, fraction: float, seed: int | Sequence[int], min_held: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Train rows and held-out rows, holding out whole identities (never an identity on both sides).
+
+    Args:
+        labels: [N] identity labels.
+        fraction: share of the identities to hold out (rounded to a count).
+        seed: seed of the numpy Generator that picks them (an int or a sequence, e.g. [seed, stream]).
+        min_held: if > 0, hold out at least this many identities but always leave one to train on;
+            0 holds out exactly the rounded fraction (none for 0).
+
+    Returns:
+        (train_rows, heldout_rows), both sorted row indices into `labels`.
+    """
+    ids = np.unique(labels)
+    n_held = int(round(fraction * len(ids)))
+    if min_held:
+        n_held = min(max(min_held, n_held), len(ids) - 1)
+    rng = np.random.default_rng(seed)
+    held = rng.choice(ids, size=n_held, replace=False) if n_held > 0 else ids[:0]
+    mask = np.isin(labels, held)
+    return np.flatnonzero(~mask), np.flatnonzero(mask)

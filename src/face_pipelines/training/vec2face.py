@@ -39,7 +39,7 @@ from face_pipelines.metrics.separability import pixel_spread
 from face_pipelines.models.discriminator import build_discriminator
 from face_pipelines.models.inference import embed_images, predict_pose
 from face_pipelines.models.vec2face import VEC2FACE_PRESETS, Vec2Face, Vec2FaceConfig
-from face_pipelines.training.data import PackedTargetDataset, make_loader
+from face_pipelines.training.data import PackedTargetDataset, heldout_identity_split, make_loader
 from face_pipelines.training.engine import TrainState, fit, frozen
 from face_pipelines.training.schedule import build_scheduler
 
@@ -374,16 +374,6 @@ class CurveLog:
         return sorted(self.points, key=lambda p: p["epoch"])
 
 
-def split_heldout(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Train rows and held-out rows: whole identities are held out (at least 2)."""
-    ids = np.unique(labels)
-    rng = np.random.default_rng(seed)
-    n_out = max(2, int(round(fraction * len(ids))))
-    held = rng.choice(ids, size=min(n_out, len(ids) - 1), replace=False)
-    mask = np.isin(labels, held)
-    return np.flatnonzero(~mask), np.flatnonzero(mask)
-
-
 def train_vec2face(
     packed_root: str | Path,
     features: np.ndarray,
@@ -427,7 +417,9 @@ def train_vec2face(
     if cfg.perceptual_net == "lpips":
         lpips = LPIPSVGG.from_paths(cfg.lpips_vgg_path, cfg.lpips_linear_path).to(device)
 
-    train_rows, held_rows = split_heldout(packed.labels, cfg.heldout_identities, cfg.seed)
+    train_rows, held_rows = heldout_identity_split(
+        packed.labels, cfg.heldout_identities, cfg.seed, min_held=2
+    )
     ds = PackedTargetDataset(packed, features)
     ds.indices = train_rows
     loader = make_loader(
