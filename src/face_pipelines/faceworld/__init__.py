@@ -15,12 +15,12 @@ from face_pipelines.faceworld.config import (
     config_hash,
     load_faceworld_config,
 )
+from face_pipelines.faceworld.face_images import ARCFACE_TEMPLATE_112, render_identity_images
 from face_pipelines.faceworld.grid import faceworld_grid, save_faceworld_grid
 from face_pipelines.faceworld.identity import IDENTITY_FIELDS, sample_identities
 from face_pipelines.faceworld.materialise import materialise_faceworld, plan_pool, pool_identities
 from face_pipelines.faceworld.nuisance import EXPRESSIONS, NUISANCE_FIELDS, sample_nuisances
 from face_pipelines.faceworld.protocols import PROTOCOLS
-from face_pipelines.faceworld.render import ARCFACE_TEMPLATE_112, render_identity_images
 
 __all__ = [
     "ARCFACE_TEMPLATE_112",

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from face_pipelines.faceworld.config import FaceWorldConfig, load_faceworld_config
+from face_pipelines.faceworld.face_images import render_identity_images
 from face_pipelines.faceworld.nuisance import sample_nuisances
-from face_pipelines.faceworld.render import render_identity_images
 
 __all__ = ["faceworld_grid", "save_faceworld_grid"]
 

@@ -39,10 +39,10 @@ from face_pipelines.faceworld.config import (
     config_hash,
     load_faceworld_config,
 )
+from face_pipelines.faceworld.face_images import render_identity_images
 from face_pipelines.faceworld.identity import IDENTITY_FIELDS, sample_identities
 from face_pipelines.faceworld.nuisance import NUISANCE_FIELDS, nuisance_rows, sample_nuisances
 from face_pipelines.faceworld.protocols import PROTOCOLS, PairPlan, plan_pairs
-from face_pipelines.faceworld.render import render_identity_images
 from face_pipelines.io.atomic import atomic_dir
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The FaceWorld renderer: identity rows + per-image nuisances -> aligned face crops (uint8 RGB).
+"""Drawing FaceWorld faces: identity rows + per-image nuisances -> aligned face crops (uint8 RGB).
 
 How it works (vectorised over a batch with numpy, one core):
 - The head is a set of ellipsoids in a head frame (cranium, jaw, nose tip, nose bridge, ears,
