@@ -45,12 +45,19 @@ def hwc_to_input(
     return normalise(x.permute(0, 3, 1, 2))
 
 
-def images_to_uint8(images: torch.Tensor) -> np.ndarray:
-    """[B, 3, H, W] float in [-1, 1] -> [B, H, W, 3] uint8 (clipped, rounded), on the CPU."""
+def images_to_uint8(images: torch.Tensor, contiguous: bool = True) -> np.ndarray:
+    """[B, 3, H, W] float in [-1, 1] -> [B, H, W, 3] uint8 (clipped, rounded), on the CPU.
+
+    contiguous=False returns the [B, H, W, 3] view of the channels-first buffer instead of a copy:
+    turned back with `hwc_to_input` it is a contiguous NCHW tensor again, the memory layout Vec2Face's
+    held-out evaluation has always fed its SSIM and pose convolutions (another layout picks other
+    kernels and moves those measures in the last float bits).
+    """
     if images.ndim != 4 or images.shape[1] != 3:
         raise DataError(f"expected images of shape [B, 3, H, W], got {tuple(images.shape)}")
     x = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).contiguous().cpu().numpy()
+    x = x.permute(0, 2, 3, 1)
+    return (x.contiguous() if contiguous else x).cpu().numpy()
 
 
 def image_grid(images: np.ndarray, ncols: int, pad: int = 2) -> np.ndarray:

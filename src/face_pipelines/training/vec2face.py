@@ -225,7 +225,11 @@ def generate_batched(
     out = []
     gen.eval()
     for s in range(0, len(feats), batch_size):
-        out.append(images_to_uint8(gen.generate(feats[s : s + batch_size].to(device), masking, g)))
+        out.append(
+            images_to_uint8(
+                gen.generate(feats[s : s + batch_size].to(device), masking, g), contiguous=False
+            )
+        )
     return (
         np.concatenate(out) if out else np.zeros((0, gen.image_size, gen.image_size, 3), np.uint8)
     )
