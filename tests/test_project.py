@@ -44,14 +44,33 @@ def test_pipelines_register(repo_root):
         "train_elegant",
     }
     assert {n.name for n in pipelines["elegant_edit"].nodes} == {"edit_synthetic_attributes"}
+    # The edited set's recognizer and table: the shared chain's nodes under namespaces.
     assert {n.name for n in pipelines["elegant_eval"].nodes} == {
-        "build_elegant_training_set",
-        "train_elegant_set_recognizer",
-        "evaluate_elegant_recognizers",
+        "elegant_set.build_training_set",
+        "elegant_set.train_recognizer",
+        "elegant.compare_recognizers",
     }
-    assert not {"train_elegant", "edit_synthetic_attributes", "train_elegant_set_recognizer"} & (
-        default_nodes
-    )
+    assert not {
+        "train_elegant",
+        "edit_synthetic_attributes",
+        "elegant_set.train_recognizer",
+    } & (default_nodes)
+    # DR-GAN's set goes through the same render, recognizer and table nodes (namespace drgan).
+    assert {n.name for n in pipelines["drgan_synth"].nodes} == {
+        "drgan.sample_identities",
+        "drgan.render_synthetic_dataset",
+        "drgan.make_dataset_card",
+    }
+    assert {n.name for n in pipelines["drgan_eval"].nodes} == {
+        "drgan.export_encoder",
+        "drgan.plan_matched_training_set",
+        "drgan_set.build_training_set",
+        "drgan_set.train_recognizer",
+        "drgan.compare_recognizers",
+    }
+    render_node = next(n for n in pipelines["render"].nodes if n.name == "render_synthetic_dataset")
+    drgan_render = next(n for n in pipelines["drgan_synth"].nodes if "render" in n.name)
+    assert drgan_render.func is render_node.func
 
 
 @pytest.mark.parametrize("env", ["local", "paper"])

@@ -256,9 +256,9 @@ class Vec2FaceParams(Strict):
 
 
 # --------------------------------------------------------------------------------------------------
-# drgan (opt-in pipeline)
+# render settings shared by every generator's set
 class RenderSettings(Strict):
-    """How a synthetic set is rendered, whichever the generator (render, drgan.synth)."""
+    """How a synthetic set is rendered, whichever the generator (render, drgan.synth.render)."""
 
     shard_identities: int = Field(50, gt=0, description="identities per shard (unit of resume)")
     batch_size: int = Field(64, gt=0, description="images generated per batch")
@@ -266,31 +266,6 @@ class RenderSettings(Strict):
     jpeg_quality: int = Field(95, ge=1, le=100, description="JPEG quality of the images")
     seed: int = Field(
         0, description="render seed (the generator's draws: Vec2Face masking, DR-GAN noise z)"
-    )
-
-
-class DRGANSynthParams(RenderSettings):
-    plan: PoseCodePlanConfig = Field(
-        default_factory=PoseCodePlanConfig,
-        description="identities sampled in the encoder's f space + pose codes per image",
-    )
-    judge_images: int = Field(
-        512, gt=0, description="real images re-rendered to measure identity kept by the judge"
-    )
-    match_vec2face_images: bool = Field(
-        True,
-        description="the recognizer on the DR-GAN set trains on as many images as the one on "
-        "the Vec2Face set (recognizer pipeline) - the equal-size comparison",
-    )
-
-
-class DRGANParams(Strict):
-    train: DRGANTrainConfig = Field(
-        default_factory=DRGANTrainConfig, description="DR-GAN pose-code generator recipe"
-    )
-    synth: DRGANSynthParams = Field(
-        default_factory=DRGANSynthParams,
-        description="DR-GAN synthetic set, its card and its recognizer (drgan_synth, drgan_eval)",
     )
 
 
@@ -302,11 +277,6 @@ class ELEGANTEditParams(Strict):
     )
     attributes: list[str] | None = Field(
         None, description="attributes to transfer (None = every trained attribute), cycled"
-    )
-    overwrite_originals: bool = Field(
-        False,
-        description="replace the edited images inside the synthetic dataset instead of writing "
-        "an edited copy to elegant_edited_dir",
     )
     strength: float = Field(
         1.0,
@@ -424,6 +394,48 @@ class RenderParams(RenderSettings):
         default_factory=RenderAttrOPParams, description="AttrOP settings and models"
     )
     export_recordio: bool = Field(False, description="also write <dataset>.rec/.idx")
+
+
+# --------------------------------------------------------------------------------------------------
+# drgan (opt-in pipelines; the render section is RenderParams)
+class DRGANRenderParams(RenderParams):
+    # Stated in the file, because the render node reads the raw section with RenderParams,
+    # whose default is on.
+    attrop_enabled: Literal[False] = Field(
+        ...,
+        description="false: AttrOP steers vectors in the teacher's feature space, and DR-GAN "
+        "renders from its encoder's f",
+    )
+
+
+class DRGANSynthParams(Strict):
+    plan: PoseCodePlanConfig = Field(
+        default_factory=PoseCodePlanConfig,
+        description="identities sampled in the encoder's f space + pose codes per image",
+    )
+    render: DRGANRenderParams = Field(
+        default_factory=lambda: DRGANRenderParams(attrop_enabled=False),
+        description="the render node's settings for the DR-GAN set (the render section's "
+        "schema, AttrOP off)",
+    )
+    judge_images: int = Field(
+        512, gt=0, description="real images re-rendered to measure identity kept by the judge"
+    )
+    match_vec2face_images: bool = Field(
+        True,
+        description="the recognizer on the DR-GAN set trains on as many images as the one on "
+        "the Vec2Face set (recognizer pipeline) - the equal-size comparison",
+    )
+
+
+class DRGANParams(Strict):
+    train: DRGANTrainConfig = Field(
+        default_factory=DRGANTrainConfig, description="DR-GAN pose-code generator recipe"
+    )
+    synth: DRGANSynthParams = Field(
+        default_factory=DRGANSynthParams,
+        description="DR-GAN synthetic set, its card and its recognizer (drgan_synth, drgan_eval)",
+    )
 
 
 SCHEMAS: dict[str, type[BaseModel]] = {

@@ -1,12 +1,11 @@
-"""Nodes of the DR-GAN pipelines: drgan (train the pose-code generator on the packed real subset),
-drgan_synth (its synthetic set and card) and drgan_eval (its encoder and a recognizer trained on its
-set in the verification table)."""
+"""DR-GAN's own nodes: train the pose-code generator on the packed real subset, sample identities
+and pose codes in its encoder's f space, measure what a pose-code set has that others do not (card),
+and export the encoder as a recognizer. Rendering, the recognizer on its set and the verification
+table are the shared chain's nodes, instantiated under the `drgan` namespace (pipeline_registry)."""
 
 from __future__ import annotations
 
-import json
 import logging
-from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,17 +14,11 @@ from PIL import Image
 
 from face_pipelines.device import resolve_device
 from face_pipelines.errors import DataError
-from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.packed import PackedImages
-from face_pipelines.metrics.benchmarks import (
-    table_metrics,
-    verification_markdown,
-)
 from face_pipelines.metrics.separability import identity_centres, intra_class_cosines
 from face_pipelines.models.drgan import yaw_to_pose_bin
 from face_pipelines.models.inference import embed_images, load_drgan, load_recognizer
 from face_pipelines.params import validate_section
-from face_pipelines.pipelines.evaluate.nodes import verify_recognizers
 from face_pipelines.reporting.dataset_card import (
     add_pose_code_measures,
     card_figure,
@@ -42,9 +35,7 @@ from face_pipelines.reporting.lineage import (
 )
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
 from face_pipelines.reporting.rendered import rendered_dataset_card
-from face_pipelines.synthesis.factory import load_generator
 from face_pipelines.synthesis.pose_code import make_pose_code_plan, pose_bin_success
-from face_pipelines.synthesis.render import file_fingerprint, render_dataset
 from face_pipelines.synthesis.sampling import calibrate_threshold
 from face_pipelines.training.drgan import (
     encode_images,
@@ -122,10 +113,11 @@ def train_pose_generator(
     metrics = hist.as_mlflow() | flat_metrics(
         {k: v for k, v in report.items() if isinstance(v, int | float)}, prefix="final"
     )
-    return report, fig, metrics
+    # The render node loads the checkpoint with the loader this names (GeneratorReport).
+    return {**report, "generator": "drgan"}, fig, metrics
 
 
-# -- drgan_synth: the DR-GAN synthetic set ---------------------------------------------------------
+# -- drgan_synth: DR-GAN's sampling and card (rendering is the shared render node) -----------------
 def sample_pose_code_identities(
     drgan_report: dict,
     subset_packed_dir: Path,
@@ -133,7 +125,8 @@ def sample_pose_code_identities(
     common: dict,
 ):
     """Encode the real subset with DR-GAN's encoder; sample identities in that f space (Vec2Face's
-    sampling: separation threshold, leakage guard) and give every image a pose code."""
+    sampling: separation threshold, leakage guard) and give every image a pose code (the target
+    the generator renders it at)."""
     p = validate_section("drgan", drgan).synth
     com = validate_section("common", common)
     device = str(resolve_device(com.device))
@@ -141,57 +134,20 @@ def sample_pose_code_identities(
     packed = PackedImages(Path(subset_packed_dir))
     images, labels = packed.get_batch(np.arange(len(packed)))
     f = encode_images(gen, images, device)
-    plan, vectors, _, report = make_pose_code_plan(
+    plan, vectors, centres, report = make_pose_code_plan(
         f, labels, p.plan, drgan_report["pose_bin_centres_deg"], device, com.progress
     )
     metrics = flat_metrics(
         {k: v for k, v in report.items() if isinstance(v, int | float)}
         | {"sampling": {k: v for k, v in report["sampling"].items() if isinstance(v, int | float)}}
     )
-    return plan, vectors, report, metrics
-
-
-def render_pose_code_dataset(
-    drgan_identity_plan: pd.DataFrame,
-    drgan_identity_vectors: np.ndarray,
-    drgan_report: dict,
-    drgan_synthetic_dir: Path,
-    drgan: dict,
-    common: dict,
-) -> tuple[dict, dict]:
-    """The project's sharded, resumable renderer with the DR-GAN generator (no AttrOP)."""
-    p = validate_section("drgan", drgan).synth
-    com = validate_section("common", common)
-    device = str(resolve_device(com.device))
-    ckpt = drgan_report["checkpoint"]
-    manifest, report = render_dataset(
-        drgan_identity_plan,
-        np.asarray(drgan_identity_vectors),
-        partial(load_generator, ckpt, device, "drgan"),
-        drgan_synthetic_dir,
-        shard_identities=p.shard_identities,
-        batch_size=p.batch_size,
-        num_workers=p.num_workers,
-        seed=p.seed,
-        progress=com.progress,
-        jpeg_quality=p.jpeg_quality,
-        fingerprint=f"drgan:{file_fingerprint(ckpt)}",
-    )
-    info = {
-        "root": str(drgan_synthetic_dir),
-        "images": int(len(manifest)),
-        "identities": int(manifest["identity"].nunique()),
-        "image_size": int(report["image_size"]),
-        "generator": ckpt,
-        "generator_kind": "drgan",
-    }
-    return info, report
+    return plan, vectors, centres, report, metrics
 
 
 def make_pose_code_dataset_card(
-    drgan_synthetic_dataset_info: dict,
-    drgan_render_report: dict,
-    drgan_sample_report: dict,
+    synthetic_dataset_info: dict,
+    render_report: dict,
+    sample_report: dict,
     drgan_report: dict,
     teacher_features: np.ndarray,
     subset_packed_manifest: pd.DataFrame,
@@ -203,18 +159,19 @@ def make_pose_code_dataset_card(
     teacher: dict,
     common: dict,
     faceworld_info: dict,
-    drgan_identity_plan: pd.DataFrame,
+    identity_plan: pd.DataFrame,
     faceworld: dict,
     subset: dict,
 ):
     """The render card (teacher features and pose re-measured on the JPEGs, compared with real),
     plus per-pose-bin success by the pose model and identity kept by the judge, and the set's
-    lineage (reporting.lineage)."""
+    lineage (reporting.lineage). Returned twice, like the default card: for data/08_reporting and
+    for the dataset root."""
     p = validate_section("drgan", drgan)
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
     device = resolve_device(com.device)
-    root = Path(drgan_synthetic_dataset_info["root"])
+    root = Path(synthetic_dataset_info["root"])
     # Sampling ran in DR-GAN's f space; the card measures in the teacher's, so its separation and
     # leakage threshold is the teacher-space one, calibrated the same way.
     real_labels = subset_packed_manifest["identity"].to_numpy()
@@ -229,21 +186,21 @@ def make_pose_code_dataset_card(
     leak = threshold if plan_cfg.leakage_threshold is None else plan_cfg.leakage_threshold
     card, m = rendered_dataset_card(
         root,
-        drgan_synthetic_dataset_info["image_size"],
+        synthetic_dataset_info["image_size"],
         (teacher_summary["checkpoint"], t.checkpoint_kwargs()),
         pose_summary["checkpoint"],
         subset_packed_dir,
         teacher_features,
         real_labels,
         (threshold, leak),
-        drgan_render_report,
+        render_report,
         device,
     )
     gen = load_drgan(drgan_report["checkpoint"], device)
     judge, _ = load_recognizer(judge_summary["checkpoint"], device, arch=t.judge.checkpoint_arch)
     packed = PackedImages(Path(subset_packed_dir))
     real_u8, _ = packed.get_batch(even_rows(packed.labels, p.synth.judge_images))
-    judged = judge_reconstruction(gen, judge, real_u8, device, p.synth.seed)
+    judged = judge_reconstruction(gen, judge, real_u8, device, p.synth.render.seed)
     judge_feats = embed_images(judge, m.images, device)
     judged["judge_intra_class_cos_mean"] = float(
         intra_class_cosines(judge_feats, m.manifest["identity"].to_numpy()).mean()
@@ -267,7 +224,7 @@ def make_pose_code_dataset_card(
     card["generator"] = "drgan"
     card["generator_images_per_second"] = drgan_report.get("generate_images_per_s")
     card["sampling_space"] = "drgan encoder f"
-    card["sampling_threshold_f"] = drgan_sample_report["threshold"]
+    card["sampling_threshold_f"] = sample_report["threshold"]
     card["parameters"] = {"drgan": drgan}
     sections = {"common": common, "teacher": teacher, "faceworld": faceworld, "subset": subset}
     stages = upstream_stages(
@@ -282,61 +239,18 @@ def make_pose_code_dataset_card(
         p,
         {
             "generator checkpoint": checkpoint_input(drgan_report["checkpoint"]),
-            "identity plan": frame_input(drgan_identity_plan),
+            "identity plan": frame_input(identity_plan),
         },
     )
     card["lineage"] = build_lineage(stages, {"drgan": active_mlflow_run_id()})
-    write_text_atomic(root / "dataset_card.json", json.dumps(card, indent=2))
     log.info("\n%s", card_summary(card))
     metrics = flat_metrics(
         {k: v for k, v in card.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     )
-    return card, card_figure(card), metrics
+    return card, card, card_figure(card), metrics
 
 
-# -- drgan_eval: the encoder and a recognizer trained on the DR-GAN set ----------------------------
+# -- drgan_eval: the encoder, verified next to the recognizers (the shared chain's nodes) ---------
 def export_drgan_encoder(drgan_report: dict, drgan_encoder_dir: Path) -> dict:
     """The encoder as a recognizer checkpoint (arch drgan_encoder) for the verification table."""
     return save_encoder_checkpoint(drgan_report["checkpoint"], Path(drgan_encoder_dir) / "model.pt")
-
-
-def plan_drgan_training_set(
-    drgan_synthetic_dataset_info: dict, synthetic_summary: dict, recognizer: dict, drgan: dict
-) -> dict:
-    """How many DR-GAN images the recognizer trains on: as many as the Vec2Face-set recognizer
-    did (match_vec2face_images), so the two synthetic sets are compared at equal size."""
-    p = validate_section("drgan", drgan).synth
-    r = validate_section("recognizer", recognizer)
-    available = int(drgan_synthetic_dataset_info["images"])
-    vec2face = int(synthetic_summary["training_set"]["images"])
-    n = min(available, vec2face) if p.match_vec2face_images else available
-    if r.max_images:
-        n = min(n, r.max_images)
-    return {
-        "available": {"drgan": available, "vec2face_trained_on": vec2face},
-        "images": {"synthetic": n},
-        "seed": r.seed,
-    }
-
-
-def evaluate_drgan_recognizers(
-    drgan_encoder_summary: dict,
-    drgan_set_summary: dict,
-    synthetic_summary: dict,
-    real_summary: dict,
-    faceworld_info: dict,
-    evaluate: dict,
-    common: dict,
-) -> tuple[dict, str, dict]:
-    """Verification table of the DR-GAN path next to the default recognizers: the DR-GAN encoder,
-    the recognizer trained on the DR-GAN set, the one trained on the Vec2Face set (same recipe,
-    same image count) and the real-subset baseline."""
-    table = verify_recognizers(
-        {"drgan_set": drgan_set_summary, "vec2face_set": synthetic_summary, "real": real_summary},
-        faceworld_info,
-        evaluate,
-        common,
-        untrained={"drgan_encoder": drgan_encoder_summary["checkpoint"]},
-        ratios=(("drgan_set_to_vec2face_set_ratio", "drgan_set", "vec2face_set"),),
-    )
-    return table, verification_markdown(table), flat_metrics(table_metrics(table))

@@ -1,6 +1,6 @@
-"""The elegant pipelines (opt-in): train the ELEGANT attribute editor; edit a synthetic dataset;
-verify a recognizer trained on the edited copy."""
+"""The elegant pipelines (opt-in): train the ELEGANT attribute editor; edit a synthetic dataset into
+a new one. The edited set's recognizer and table are built by pipeline_registry."""
 
-from .pipeline import create_edit_pipeline, create_eval_pipeline, create_pipeline
+from .pipeline import create_edit_pipeline, create_pipeline
 
-__all__ = ["create_edit_pipeline", "create_eval_pipeline", "create_pipeline"]
+__all__ = ["create_edit_pipeline", "create_pipeline"]

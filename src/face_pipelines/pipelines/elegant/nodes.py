@@ -1,5 +1,7 @@
 """Nodes of the elegant pipelines: attribute classifier and ELEGANT editor on the real subset, and
-the exemplar attribute edit of the synthetic dataset."""
+the exemplar attribute edit of the synthetic dataset into a new dataset (the source set, another
+stage's output, is only read). The edited set's recognizer and table are the shared chain's nodes
+(pipeline_registry)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,8 @@ from PIL import Image
 
 from face_pipelines.errors import DataError
 from face_pipelines.io.packed import PackedImages
-from face_pipelines.metrics.benchmarks import table_metrics, verification_markdown
 from face_pipelines.models.inference import load_attribute_classifier, load_elegant, load_recognizer
 from face_pipelines.params import validate_section
-from face_pipelines.pipelines.evaluate.nodes import verify_recognizers
 from face_pipelines.reporting.figures import image_figure
 from face_pipelines.reporting.lineage import (
     active_mlflow_run_id,
@@ -149,9 +149,10 @@ def edit_synthetic_attributes(
     teacher: dict,
     common: dict,
 ):
-    """Transfer attributes from real exemplars into a fraction of the synthetic images; returns the
-    edit report, its MLflow metrics, the edited dataset's info (what the recognizer trains on) and
-    its card (the source card plus `attribute_edits`)."""
+    """Transfer attributes from real exemplars into a fraction of the synthetic images, written as
+    a new dataset (elegant_edited_dir); returns the edit report, its MLflow metrics, the edited
+    dataset's info (what the recognizer trains on) and its card (the source card plus
+    `attribute_edits`)."""
     p, com = validate_section("elegant", elegant), validate_section("common", common)
     src = Path(synthetic_dir)
     manifest_path = src / "manifest.parquet"
@@ -167,7 +168,12 @@ def edit_synthetic_attributes(
     judge = load_judge(judge_summary, teacher)
     packed = PackedImages(Path(subset_packed_dir))
     labels = subset_attribute_labels(subset_packed_manifest, packed, attributes, p.labels_path)
-    out_root = src if p.edit.overwrite_originals else Path(elegant_edited_dir)
+    out_root = Path(elegant_edited_dir)
+    if out_root.resolve() == src.resolve():
+        raise DataError(
+            f"elegant_edited_dir is the synthetic dataset itself ({src}): an editor writes a new "
+            "dataset and never edits the render stage's output; point the catalog entry elsewhere"
+        )
     _, report = edit_dataset(
         src,
         pd.read_parquet(manifest_path),
@@ -243,31 +249,3 @@ def edited_dataset_card(dataset_card: dict, edit_report: dict, classifier_report
             "source_dataset": edit_report.get("source"),
         },
     }
-
-
-def evaluate_elegant_recognizers(
-    elegant_set_summary: dict,
-    synthetic_summary: dict,
-    real_summary: dict,
-    faceworld_info: dict,
-    evaluate: dict,
-    common: dict,
-) -> tuple[dict, str, dict]:
-    """Verification table of the recognizer trained on the attribute-edited synthetic set next to
-    the one trained on the same set unedited (same recipe, same images but the edits) and the
-    real-subset baseline; `edited_to_unedited_ratio` is the effect of the edits."""
-    table = verify_recognizers(
-        {
-            "edited_set": elegant_set_summary,
-            "unedited_set": synthetic_summary,
-            "real": real_summary,
-        },
-        faceworld_info,
-        evaluate,
-        common,
-        ratios=(
-            ("edited_to_unedited_ratio", "edited_set", "unedited_set"),
-            ("edited_to_real_ratio", "edited_set", "real"),
-        ),
-    )
-    return table, verification_markdown(table), flat_metrics(table_metrics(table))

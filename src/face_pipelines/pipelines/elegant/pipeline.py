@@ -1,15 +1,13 @@
 """elegant (opt-in): real subset + attribute labels -> attribute classifier, ELEGANT editor, grids;
-elegant_edit (opt-in, after render): synthetic dataset -> attribute-edited copy + edit report + card;
-elegant_eval (opt-in, after elegant_edit and recognizer): a recognizer trained on the edited copy
-    (the recognizer plan's image count and selection) verified next to the unedited-set and real ones."""
+elegant_edit (opt-in, after render): synthetic dataset -> attribute-edited copy (a new dataset) +
+    edit report + card.
+elegant_eval (the edited set's recognizer and table) is the shared chain's nodes under the
+`elegant` namespace: pipeline_registry builds it."""
 
 from kedro.pipeline import Node, Pipeline
 
-from face_pipelines.pipelines.recognizer.pipeline import synthetic_set_instance
-
 from .nodes import (
     edit_synthetic_attributes,
-    evaluate_elegant_recognizers,
     train_attribute_editor,
     train_edit_classifier,
 )
@@ -75,35 +73,6 @@ def create_edit_pipeline(**kwargs) -> Pipeline:
                     "elegant_dataset_card",
                 ],
                 name="edit_synthetic_attributes",
-            ),
-        ]
-    )
-
-
-def create_eval_pipeline(**kwargs) -> Pipeline:
-    # The edited copy keeps the synthetic set's paths, so the recognizer plan's count and seed
-    # select the same images as for the unedited set: only the edits differ.
-    edited = synthetic_set_instance(
-        "elegant_set", "recognizer_training_plan", "elegant_synthetic_dataset_info"
-    )
-    return edited + Pipeline(
-        [
-            Node(
-                evaluate_elegant_recognizers,
-                inputs=[
-                    "elegant_set.summary",
-                    "synthetic.summary",
-                    "real.summary",
-                    "faceworld_info",
-                    "params:evaluate",
-                    "params:common",
-                ],
-                outputs=[
-                    "elegant_verification",
-                    "elegant_verification_markdown",
-                    "elegant_evaluate_mlflow_metrics",
-                ],
-                name="evaluate_elegant_recognizers",
             ),
         ]
     )

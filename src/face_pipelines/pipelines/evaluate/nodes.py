@@ -54,6 +54,24 @@ def verify_recognizers(
     return table
 
 
+def compare_recognizers(
+    faceworld_info: dict,
+    evaluate: dict,
+    common: dict,
+    ratios: tuple[tuple[str, str, str], ...] = (),
+    **recognizers: dict,
+) -> tuple[dict, str, dict]:
+    """One verification table of a further set's recognizers (keyword = the table's name): a
+    training summary (it has `training_set`) counts as trained, any other summary (e.g. DR-GAN's
+    encoder exported as a recognizer) is verified as it is; `ratios` as in verify_recognizers."""
+    trained = {k: v for k, v in recognizers.items() if "training_set" in v}
+    untrained = {k: v["checkpoint"] for k, v in recognizers.items() if k not in trained}
+    table = verify_recognizers(
+        trained, faceworld_info, evaluate, common, untrained=untrained, ratios=ratios
+    )
+    return table, verification_markdown(table), flat_metrics(table_metrics(table))
+
+
 def evaluate_recognizers(
     synthetic_summary: dict,
     real_summary: dict,

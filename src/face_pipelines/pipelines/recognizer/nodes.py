@@ -36,6 +36,24 @@ def plan_training_sets(
     return {"available": counts, "images": n, "seed": p.seed}
 
 
+def plan_matched_training_set(
+    synthetic_dataset_info: dict, reference_summary: dict, recognizer: dict, match: bool
+) -> dict:
+    """How many images a further set's recognizer trains on: with `match`, as many as the
+    reference recognizer did (e.g. the Vec2Face-set one), so the sets are compared at equal size."""
+    p = validate_section("recognizer", recognizer)
+    available = int(synthetic_dataset_info["images"])
+    reference = int(reference_summary["training_set"]["images"])
+    n = min(available, reference) if match else available
+    if p.max_images:
+        n = min(n, p.max_images)
+    return {
+        "available": {"set": available, "reference_trained_on": reference},
+        "images": {"synthetic": n},
+        "seed": p.seed,
+    }
+
+
 def build_synthetic_training_set(
     plan: dict, synthetic_dataset_info: dict, packed_dir: Path, recognizer: dict, common: dict
 ) -> dict:

@@ -1,5 +1,5 @@
-"""The render pipeline."""
+"""The render pipeline (and its generator-agnostic render node)."""
 
-from .pipeline import create_pipeline
+from .pipeline import create_pipeline, create_render_pipeline
 
-__all__ = ["create_pipeline"]
+__all__ = ["create_pipeline", "create_render_pipeline"]

@@ -1,9 +1,9 @@
-"""Nodes of the render pipeline: render the planned dataset (AttrOP on the planned images) and
-measure it against the real subset in a dataset card."""
+"""Nodes of the render pipeline: render the planned dataset with any generator (AttrOP on the
+planned images when it is on) and measure the Vec2Face set against the real subset in a dataset
+card. The render node is generator-agnostic: pipeline_registry instantiates it per generator."""
 
 from __future__ import annotations
 
-import json
 import logging
 from functools import partial
 from pathlib import Path
@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 
 from face_pipelines.device import resolve_device
-from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.subset import require_path
 from face_pipelines.params import (
     RenderAttrOPParams,
@@ -39,6 +38,7 @@ from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.attrop import AttrOPBatchEditor
 from face_pipelines.synthesis.factory import load_attrop_models, load_generator
+from face_pipelines.synthesis.generators import DEFAULT_GENERATOR, generator_kind
 from face_pipelines.synthesis.render import export_recordio, file_fingerprint, render_dataset
 
 log = logging.getLogger(__name__)
@@ -96,7 +96,7 @@ def render_synthetic_dataset(
     identity_plan: pd.DataFrame,
     identity_vectors: np.ndarray,
     identity_centres: np.ndarray,
-    vec2face_report: dict,
+    generator_report: dict,
     teacher_summary: dict,
     pose_summary: dict,
     synthetic_dir: Path,
@@ -104,12 +104,14 @@ def render_synthetic_dataset(
     teacher: dict,
     common: dict,
 ) -> tuple[dict, dict]:
-    """Sharded, resumable rendering; AttrOP runs on the plan's `attrop` rows."""
+    """Sharded, resumable rendering with the generator the report names
+    (synthesis.generators.GeneratorReport); AttrOP runs on the plan's `attrop` rows."""
     p = validate_section("render", render)
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
     device = str(resolve_device(com.device))
-    ckpt = vec2face_report["checkpoint"]
+    ckpt = generator_report["checkpoint"]
+    kind = generator_kind(generator_report)
     editor = None
     if p.attrop_enabled and bool(identity_plan["attrop"].any()):
         editor = AttrOPBatchEditor(
@@ -121,7 +123,7 @@ def render_synthetic_dataset(
     manifest, report = render_dataset(
         plan,
         np.asarray(identity_vectors),
-        partial(load_generator, ckpt, device),
+        partial(load_generator, ckpt, device, kind),
         synthetic_dir,
         shard_identities=p.shard_identities,
         attrop=editor,
@@ -130,7 +132,7 @@ def render_synthetic_dataset(
         seed=p.seed,
         progress=com.progress,
         jpeg_quality=p.jpeg_quality,
-        fingerprint=file_fingerprint(ckpt),
+        fingerprint=_generator_fingerprint(kind, ckpt),
     )
     if p.export_recordio:
         export_recordio(synthetic_dir, Path(synthetic_dir).with_suffix(".rec"))
@@ -142,6 +144,12 @@ def render_synthetic_dataset(
         "generator": ckpt,
     }
     return info, report
+
+
+def _generator_fingerprint(kind: str, checkpoint: str) -> str:
+    """What the rendered images depend on besides the plan: the loader kind and the checkpoint."""
+    fingerprint = file_fingerprint(checkpoint)
+    return fingerprint if kind == DEFAULT_GENERATOR else f"{kind}:{fingerprint}"
 
 
 def _vec2face_set_lineage(
@@ -205,9 +213,10 @@ def make_dataset_card(
 ):
     """Re-extract teacher features and pose from the rendered pixels and compare with real.
 
-    The card is also written into the dataset root (dataset_card.json) so a dataset folder - or a
-    DVC revision of it - carries its own card for `face-pipelines diff`. Its `lineage` records
-    every stage that made the set (reporting.lineage).
+    The card is returned twice: for data/08_reporting and for the dataset root (catalog entry
+    synthetic_dataset_card), so a dataset folder - or a DVC revision of it - carries its own card
+    for `face-pipelines diff`. Its `lineage` records every stage that made the set
+    (reporting.lineage).
     """
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
@@ -246,10 +255,8 @@ def make_dataset_card(
     # What the generator's input vectors carry and how well it renders held-out faces explain
     # the card's yaw and spread numbers; both come from the vec2face report.
     card = add_generator_quality(add_feature_probe(card, vec2face_report), vec2face_report)
-    write_text_atomic(root / "dataset_card.json", json.dumps(card, indent=2))
-    summary = card_summary(card)
-    log.info("\n%s", summary)
+    log.info("\n%s", card_summary(card))
     metrics = flat_metrics(
         {k: v for k, v in card.items() if isinstance(v, int | float) and not isinstance(v, bool)}
     )
-    return card, card_figure(card), metrics
+    return card, card, card_figure(card), metrics
