@@ -92,6 +92,15 @@ def _build_parser() -> argparse.ArgumentParser:
         help="parameter key to show even if it does not vary (repeatable)",
     )
     cmp_.add_argument(
+        "--tar-at-far",
+        dest="tar_at_far",
+        metavar="FAR",
+        action="append",
+        default=[],
+        help="add TAR at this FAR per recognizer and benchmark, e.g. 1e-3 (repeatable; evaluate "
+        "logs 1e-4, 1e-3, 1e-2, 1e-1 where the benchmark has enough impostor pairs)",
+    )
+    cmp_.add_argument(
         "--all",
         dest="include_unevaluated",
         action="store_true",
@@ -125,6 +134,7 @@ def _run_compare(args: argparse.Namespace) -> int:
         tracking_uri=args.tracking_uri,
         params=args.params,
         include_unevaluated=args.include_unevaluated,
+        tar_at_far=args.tar_at_far,
     )
     print(f"{len(df)} run(s) in experiment {args.experiment!r} ({df.attrs['tracking_uri']})")
     print(format_comparison(df))

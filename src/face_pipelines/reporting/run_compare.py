@@ -2,7 +2,8 @@
 
 kedro-mlflow records one run per `kedro run` with flattened parameters (`recognizer.train.method`) and
 the evaluate pipeline's metrics (`evaluate.<recognizer>.<benchmark>`, `evaluate.<recognizer>.mean`,
-`evaluate.synthetic_to_real_ratio`). `compare_runs` turns them into one table:
+`evaluate.synthetic_to_real_ratio`, `evaluate.tar_at_far_<far>.<recognizer>.<benchmark>`).
+`compare_runs` turns them into one table:
 
     df = compare_runs(filter_string="params.recognizer.train.method = 'topofr'")
     comparison_figure(df).savefig("compare.png")
@@ -41,6 +42,7 @@ RECOGNIZERS = ("synthetic", "real")
 RATIO = "synthetic_to_real_ratio"
 _BASE_COLUMNS = ["run_id", "run_name", "dvc_exp", "start_time"]
 DATASET_PREFIX = "dataset."  # evaluate's provenance of the synthetic set (dataset_provenance)
+TAR_PREFIX = "tar_at_far_"  # evaluate's `tar_at_far_<far>.<recognizer>.<benchmark>` metrics
 DVC_EXP_TAG = "tags.dvc_exp"  # set by hooks.DvcExperimentTagHook under `dvc exp run`
 
 
@@ -88,6 +90,7 @@ def compare_runs(
     tracking_uri: str | None = None,
     params: Sequence[str] = (),
     include_unevaluated: bool = False,
+    tar_at_far: Sequence[str | float] = (),
 ) -> pd.DataFrame:
     """One row per MLflow run: run name/start, the parameters that vary, accuracy per benchmark.
 
@@ -97,14 +100,19 @@ def compare_runs(
         tracking_uri: where runs are stored; default $MLFLOW_TRACKING_URI or sqlite:///mlflow.db.
         params: parameter keys to show even when they do not vary (e.g. "recognizer.train.epochs").
         include_unevaluated: also list runs without evaluate metrics (e.g. `synth` runs).
+        tar_at_far: FAR levels (1e-3, "1e-4", 0.01, ...) whose TAR columns to add, as evaluate
+            logs them: `tar_at_far_<far>.<recognizer>.<benchmark>` (NaN where the benchmark had too
+            few impostor pairs for that FAR, which evaluate does not log).
 
     Returns:
         DataFrame sorted by start time with columns run_id, run_name, dvc_exp (the `dvc exp run`
         name, when any run has one), start_time, the parameters (flattened keys; those that differ
         between the listed runs plus `params`), the synthetic set's `dataset.*` measures and recipe
         knobs that differ (logged by evaluate), then
-        `<recognizer>.<benchmark>` accuracies, `<recognizer>.mean` and `synthetic_to_real_ratio`.
-        `df.attrs` holds "param_columns", "dataset_columns", "benchmarks", "tracking_uri", "experiment".
+        `<recognizer>.<benchmark>` accuracies, `<recognizer>.mean` and `synthetic_to_real_ratio`,
+        then the `tar_at_far_<far>.<recognizer>.<benchmark>` columns asked for. `df.attrs` holds
+        "param_columns", "dataset_columns", "benchmarks", "tar_columns", "tracking_uri",
+        "experiment".
 
     Raises:
         MissingInputError: the local tracking store does not exist.
@@ -198,14 +206,40 @@ def compare_runs(
             out[f"{rec}.{name}"] = runs[col].astype(float) if col in runs else np.nan
     ratio = f"metrics.{METRIC_PREFIX}{RATIO}"
     out[RATIO] = runs[ratio].astype(float) if ratio in runs else np.nan
+    tar_cols = []
+    for label in _far_labels(tar_at_far):
+        for rec in RECOGNIZERS:
+            for bench in benchmarks:
+                name = f"{TAR_PREFIX}{label}.{rec}.{bench}"
+                col = f"metrics.{METRIC_PREFIX}{name}"
+                out[name] = runs[col].astype(float) if col in runs else np.nan
+                tar_cols.append(name)
     out.attrs.update(
         param_columns=param_cols,
         dataset_columns=dataset_cols,
         benchmarks=benchmarks,
+        tar_columns=tar_cols,
         tracking_uri=uri,
         experiment=experiment,
     )
     return out
+
+
+def _far_labels(fars: Sequence[str | float]) -> list[str]:
+    """FAR levels as evaluate names them (metrics.verification.far_label): 0.001 -> "1e-3"."""
+    from face_pipelines.metrics.verification import far_label
+
+    labels = []
+    for far in fars:
+        try:
+            value = float(far)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not 0.0 < value < 1.0:
+            raise ParameterError(f"TAR@FAR level {far!r} is not a FAR in (0, 1), e.g. 1e-3")
+        if far_label(value) not in labels:
+            labels.append(far_label(value))
+    return labels
 
 
 def format_comparison(df: pd.DataFrame) -> str:
