@@ -60,3 +60,62 @@ class DvcExperimentTagHook:
         run = mlflow.active_run()
         if run is not None and run.data.tags.get("dvc_exp") != name:
             mlflow.set_tag("dvc_exp", name)
+
+
+class LiveTrackingHooks:
+    """MLflow around every node: the tracking context live metrics and model logging use
+    (face_pipelines.tracking), and `models:/name/version` in any parameter resolved to a local
+    checkpoint before the node sees it.
+
+    The context names the node's metrics after its `MlflowMetricsHistoryDataset` output's prefix, so
+    live points and kedro-mlflow's end-of-node points share one name; `mlflow.register: true`
+    registers every trained model as well as logging it.
+    """
+
+    def __init__(self) -> None:
+        self._register = False
+
+    @hook_impl
+    def after_context_created(self, context) -> None:
+        from face_pipelines.params import validate_section
+
+        self._register = validate_section(
+            "mlflow", context.params.get("mlflow") or {}
+        ).register_models
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs):
+        from kedro_mlflow.io.metrics import MlflowMetricsHistoryDataset
+
+        from face_pipelines import tracking
+
+        prefix = None
+        for name in node.outputs:
+            dataset = catalog.get(name)
+            if isinstance(dataset, MlflowMetricsHistoryDataset):
+                prefix = dataset._prefix
+                break
+        tracking.begin_node(node.name, prefix, self._register)
+        resolved = {
+            name: tracking.resolve_model_uris(value, _parameter_key(name))
+            for name, value in inputs.items()
+            if name.startswith("params:") and tracking.contains_model_uri(value)
+        }
+        return resolved or None
+
+    @hook_impl
+    def after_node_run(self) -> None:
+        from face_pipelines import tracking
+
+        tracking.end_node()
+
+    @hook_impl
+    def on_node_error(self) -> None:
+        from face_pipelines import tracking
+
+        tracking.end_node()
+
+
+def _parameter_key(input_name: str) -> str:
+    """`params:render` -> `parameter render` (how errors name what the user set)."""
+    return "parameter " + input_name.removeprefix("params:")

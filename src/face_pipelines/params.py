@@ -396,6 +396,18 @@ class RenderParams(RenderSettings):
     export_recordio: bool = Field(False, description="also write <dataset>.rec/.idx")
 
 
+class MlflowParams(Strict):
+    # `register` in the YAML; the field has another name because pydantic models (ABCs) have a
+    # `register` method already.
+    register_models: bool = Field(
+        False,
+        alias="register",
+        description="register every trained generator and recognizer in the MLflow model registry "
+        "(named after its metrics prefix, e.g. vec2face, recognizer_synthetic); they are logged to "
+        "the run either way",
+    )
+
+
 # --------------------------------------------------------------------------------------------------
 # drgan (opt-in pipelines; the render section is RenderParams)
 class DRGANRenderParams(RenderParams):
@@ -440,6 +452,7 @@ class DRGANParams(Strict):
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "common": CommonParams,
+    "mlflow": MlflowParams,
     "subset": SubsetParams,
     "faceworld": FaceWorldParams,
     "teacher": TeacherParams,

@@ -30,6 +30,7 @@ from kedro.config import OmegaConfigLoader  # noqa: E402
 from face_pipelines.hooks import (  # noqa: E402
     DatasetCardSummaryHook,
     DvcExperimentTagHook,
+    LiveTrackingHooks,
     ParameterValidationHooks,
 )
 
@@ -48,7 +49,12 @@ def _create_log_folders() -> None:
 
 _create_log_folders()
 
-HOOKS = (ParameterValidationHooks(), DatasetCardSummaryHook(), DvcExperimentTagHook())
+HOOKS = (
+    ParameterValidationHooks(),
+    DatasetCardSummaryHook(),
+    DvcExperimentTagHook(),
+    LiveTrackingHooks(),
+)
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 

@@ -175,7 +175,7 @@ def _cached(path: Path, method: str, compute) -> str:
 
 def _file_sha256(path: Path) -> str:
     size = path.stat().st_size
-    return _sampled_sha256(path, size) if size > SAMPLED_ABOVE else _sha256(path)
+    return _sampled_sha256(path, size) if size > SAMPLED_ABOVE else file_sha256(path)
 
 
 def _weights_sha256(path: Path) -> str:
@@ -203,9 +203,10 @@ def _weights_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 (hex) of all of a file's bytes (uncached)."""
     h = hashlib.sha256()
-    with path.open("rb") as f:
+    with open(path, "rb") as f:
         while block := f.read(_READ):
             h.update(block)
     return h.hexdigest()

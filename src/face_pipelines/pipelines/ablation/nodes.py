@@ -8,6 +8,7 @@ from face_pipelines.metrics.benchmarks import benchmark_paths
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.figures import ablation_figure
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
+from face_pipelines.tracking import live_metrics, metrics_not_logged_live
 from face_pipelines.training.ablation import (
     ablation_markdown,
     ablation_metrics,
@@ -42,8 +43,8 @@ def run_recognizer_ablation(
         out_dir,
         device=com.device,
         progress=com.progress,
-        log=history,
+        log=live_metrics(history),
         batch_size=ev.batch_size,
     )
-    metrics = {**history.as_mlflow(), **flat_metrics(ablation_metrics(table))}
+    metrics = {**metrics_not_logged_live(history), **flat_metrics(ablation_metrics(table))}
     return table, ablation_markdown(table), ablation_figure(table), metrics

@@ -37,6 +37,7 @@ from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
 from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.pose_code import make_pose_code_plan, pose_bin_success
 from face_pipelines.synthesis.sampling import calibrate_threshold
+from face_pipelines.tracking import live_metrics, log_trained_model, metrics_not_logged_live
 from face_pipelines.training.drgan import (
     encode_images,
     even_rows,
@@ -99,7 +100,7 @@ def train_pose_generator(
         p.train,
         device=com.device,
         progress=com.progress,
-        log=hist,
+        log=live_metrics(hist),
     )
     # One figure: identity 0 across all pose codes after each epoch (rows), then the final grid.
     grids = [np.asarray(Image.open(f).convert("RGB")) for f in report["epoch_grids"]]
@@ -110,11 +111,11 @@ def train_pose_generator(
         f"DR-GAN: real | yaw codes {centres[0]:g}..{centres[-1]:g} deg; "
         f"rows: epochs 1..{len(grids) - 1} (one identity), then the final model",
     )
-    metrics = hist.as_mlflow() | flat_metrics(
+    metrics = metrics_not_logged_live(hist) | flat_metrics(
         {k: v for k, v in report.items() if isinstance(v, int | float)}, prefix="final"
     )
     # The render node loads the checkpoint with the loader this names (GeneratorReport).
-    return {**report, "generator": "drgan"}, fig, metrics
+    return log_trained_model({**report, "generator": "drgan"}), fig, metrics
 
 
 # -- drgan_synth: DR-GAN's sampling and card (rendering is the shared render node) -----------------

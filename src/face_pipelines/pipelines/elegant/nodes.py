@@ -23,6 +23,7 @@ from face_pipelines.reporting.lineage import (
     lineage_stage,
 )
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
+from face_pipelines.tracking import live_metrics, log_trained_model, metrics_not_logged_live
 from face_pipelines.training.elegant import (
     attribute_labels,
     attribute_labels_by_path,
@@ -114,7 +115,7 @@ def train_attribute_editor(
         p.train,
         device=com.device,
         progress=com.progress,
-        log=hist,
+        log=live_metrics(hist),
         classifier=classifier,
         judge=judge,
     )
@@ -131,8 +132,10 @@ def train_attribute_editor(
         np.concatenate(grids),
         "ELEGANT grids: " + ", ".join(p.train.attributes),
     )
-    metrics = hist.as_mlflow() | flat_metrics(report["edits_of_real_pairs"], prefix="final")
-    return report, fig, metrics
+    metrics = metrics_not_logged_live(hist) | flat_metrics(
+        report["edits_of_real_pairs"], prefix="final"
+    )
+    return log_trained_model(report), fig, metrics
 
 
 def edit_synthetic_attributes(

@@ -13,6 +13,7 @@ from face_pipelines.io.encoded import EncodedImages, write_encoded_index
 from face_pipelines.io.subset import pack_subset, repack_packed, subsample_per_identity
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.metrics import MetricHistory
+from face_pipelines.tracking import live_metrics, log_trained_model, metrics_not_logged_live
 from face_pipelines.training.data import choose_training_format
 from face_pipelines.training.recognizer import train_recognizer
 
@@ -131,6 +132,7 @@ def train_instance(
         p.train,
         device=com.device,
         progress=com.progress,
-        log=hist,
+        log=live_metrics(hist),
     )
-    return {**summary, "training_set": training_set}, hist.as_mlflow()
+    summary = log_trained_model({**summary, "training_set": training_set})
+    return summary, metrics_not_logged_live(hist)

@@ -14,6 +14,7 @@ from face_pipelines.metrics.benchmarks import verification_table
 from face_pipelines.models.inference import extract_features, load_recognizer
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
+from face_pipelines.tracking import live_metrics, log_trained_model, metrics_not_logged_live
 from face_pipelines.training.attributes import train_pose_regressor
 from face_pipelines.training.recognizer import train_recognizer
 
@@ -52,9 +53,14 @@ def pack_pretrain_pool(
 def _train(name: str, cfg, packed_dir: Path, out_dir: Path, com) -> tuple[dict, dict]:
     hist = MetricHistory()
     summary = train_recognizer(
-        packed_dir, out_dir / name, cfg, device=com.device, progress=com.progress, log=hist
+        packed_dir,
+        out_dir / name,
+        cfg,
+        device=com.device,
+        progress=com.progress,
+        log=live_metrics(hist),
     )
-    return summary, hist.as_mlflow()
+    return log_trained_model(summary), metrics_not_logged_live(hist)
 
 
 def train_teacher(
@@ -125,9 +131,9 @@ def train_pose_model(
         t.pose.train,
         device=com.device,
         progress=com.progress,
-        log=hist,
+        log=live_metrics(hist),
     )
-    return {**summary, "source": "train"}, hist.as_mlflow()
+    return log_trained_model({**summary, "source": "train"}), metrics_not_logged_live(hist)
 
 
 def extract_teacher_features(

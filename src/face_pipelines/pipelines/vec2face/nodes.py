@@ -20,6 +20,7 @@ from face_pipelines.models.vec2face import load_vec2face
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.figures import image_figure
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
+from face_pipelines.tracking import live_metrics, log_trained_model, metrics_not_logged_live
 from face_pipelines.training.vec2face import generate_batched, train_vec2face
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,7 @@ def train_generator(
         p.train,
         device=com.device,
         progress=com.progress,
-        log=hist,
+        log=live_metrics(hist),
         pose_model=pose_model,
     )
     report["judge"] = {
@@ -89,7 +90,7 @@ def train_generator(
         "width and loss than the teacher; no generator loss uses it)",
     }
     title = "Vec2Face: real | reconstruction | new identities (x2)"
-    return _node_outputs(report, probe, hist, title)
+    return _node_outputs(log_trained_model(report), probe, hist, title)
 
 
 def _node_outputs(report: dict, probe: dict, hist: MetricHistory, title: str):
@@ -97,7 +98,7 @@ def _node_outputs(report: dict, probe: dict, hist: MetricHistory, title: str):
     report["feature_probe"] = probe
     grid = np.asarray(Image.open(report["grid"]).convert("RGB"))
     fig = image_figure(grid, title)
-    metrics = hist.as_mlflow() | flat_metrics(
+    metrics = metrics_not_logged_live(hist) | flat_metrics(
         {k: v for k, v in report.items() if isinstance(v, int | float)}, prefix="final"
     )
     metrics |= flat_metrics(probe_headline(probe), prefix="probe")
