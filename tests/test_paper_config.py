@@ -172,7 +172,7 @@ def test_a_missing_file_is_one_line_naming_its_key(raw_params, tmp_path):
     _one_line(e, "subset.path", "identity-folder root")
     stage = (None, tmp_path, tmp_path, t, common)
     with pytest.raises(MissingInputError) as e:
-        teacher.train_teacher(*stage)
+        teacher.train_teacher(*stage[:3], {}, *stage[3:])
     _one_line(e, "teacher.checkpoint", "arcface-r100-glint360k.pth")
     with pytest.raises(MissingInputError) as e:
         teacher.train_judge(*stage)

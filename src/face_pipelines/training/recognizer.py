@@ -24,6 +24,7 @@ from face_pipelines.device import (
     resolve_device,
     unwrap_model,
 )
+from face_pipelines.errors import ParameterError
 from face_pipelines.image_tensors import normalise
 from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.encoded import open_image_set
@@ -36,6 +37,7 @@ from face_pipelines.losses.topofr import (
     topology_discrepancy,
 )
 from face_pipelines.models.heads import build_head
+from face_pipelines.models.inference import load_pose_regressor
 from face_pipelines.models.registry import build_backbone
 from face_pipelines.training.data import (
     AugmentationConfig,
@@ -70,6 +72,25 @@ class TopoFRParams(BaseModel):
     sde_lambda: float = Field(1.0, ge=0, description="exponent lambda of (1+h)^lambda")
 
 
+class PoseRetentionParams(BaseModel):
+    """Keep head pose readable from the raw embedding (a teacher for Vec2Face).
+
+    A margin loss teaches a recognizer to discard pose; Vec2Face needs a teacher whose raw feature
+    still says which pose to draw (the released ArcFace-R100's does, from 4M images; a small CPU
+    teacher does not - docs/study.md (h)). With `weight > 0` a linear head on the raw embedding
+    regresses a frozen pose model's (yaw, pitch) of each augmented training image, so pose stays
+    linearly decodable. The targets come from a pose model, not from dataset labels: with real data
+    the pose model is 6DRepNet (teacher.pose.checkpoint).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    weight: float = Field(0.0, ge=0, description="weight of the pose regression term (0 = off)")
+    checkpoint: str | None = Field(
+        None, description="pose model (pose_regressor or 6DRepNet file); set by the teacher node"
+    )
+    scale_deg: float = Field(30.0, gt=0, description="degrees per regression unit (target / scale)")
+
+
 class RecognizerConfig(BaseModel):
     """Recipe of one recognizer training run (backbone, head, optimiser, schedule, devices)."""
 
@@ -95,6 +116,10 @@ class RecognizerConfig(BaseModel):
     grad_clip: float | None = Field(5.0, description="max gradient norm (None = off)")
     grad_accum_steps: int = Field(1, ge=1, description="batches per optimiser step")
     augment: AugmentParams = Field(default_factory=AugmentParams)
+    pose_retention: PoseRetentionParams = Field(
+        default_factory=PoseRetentionParams,
+        description="keep (yaw, pitch) linearly readable from the raw embedding (teachers only)",
+    )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 on CUDA (fp16 where bf16 is missing), fp32 on CPU"
     )
@@ -123,16 +148,21 @@ class RecognizerConfig(BaseModel):
 
 
 class RecognizerNet(nn.Module):
-    """Backbone + margin head in one module so DDP synchronises both."""
+    """Backbone + margin head (+ the optional pose-retention head) in one module so DDP
+    synchronises all of them."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module):
+    def __init__(self, backbone: nn.Module, head: nn.Module, pose_head: nn.Module | None = None):
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.pose_head = pose_head
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         emb = self.backbone(x)
-        return emb, self.head(emb.float(), labels)
+        out = self.head(emb.float(), labels)
+        if self.pose_head is not None:
+            out = {**out, "pose": self.pose_head(emb.float())}
+        return emb, out
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -147,8 +177,9 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     ]
 
 
-def _make_step_fn(cfg: RecognizerConfig, channels_last: bool):
+def _make_step_fn(cfg: RecognizerConfig, channels_last: bool, pose_model: nn.Module | None = None):
     topo = cfg.method == "topofr"
+    pose_w = cfg.pose_retention.weight if pose_model is not None else 0.0
 
     def step_fn(batch, state: TrainState) -> dict:
         images, labels = batch
@@ -177,6 +208,12 @@ def _make_step_fn(cfg: RecognizerConfig, channels_last: bool):
                 loss = loss + cfg.topofr.alpha * l_sa
                 metrics["l_sa"] = float(l_sa.detach())
                 metrics["topology_discrepancy"] = topology_discrepancy(x_dist, z_dist.detach())
+            if pose_w > 0:
+                with torch.no_grad():
+                    target = pose_model(x_in.float()).float() / cfg.pose_retention.scale_deg
+                pose_loss = nn.functional.mse_loss(out["pose"].float(), target)
+                loss = loss + pose_w * pose_loss
+                metrics["pose_loss"] = float(pose_loss.detach())
         state.backward_and_step(loss)
         if cfg.sample_rate >= 1.0:
             metrics["accuracy"] = float((out["logits"].argmax(1) == labels).float().mean())
@@ -211,7 +248,19 @@ def _train_worker(
         shard_classes=False,
         **m,
     )
-    net = RecognizerNet(backbone, head)
+    pose_model = None
+    pose_head = None
+    if cfg.pose_retention.weight > 0:
+        if not cfg.pose_retention.checkpoint:
+            raise ParameterError(
+                "pose_retention.weight > 0 needs pose_retention.checkpoint: a pose model file "
+                "(the teacher node fills it in from teacher.pose)"
+            )
+        pose_model = load_pose_regressor(cfg.pose_retention.checkpoint, device="cpu")
+        for p in pose_model.parameters():
+            p.requires_grad_(False)
+        pose_head = nn.Linear(cfg.embedding_dim, 2)
+    net = RecognizerNet(backbone, head, pose_head)
     aug = AugmentationConfig(**cfg.augment.model_dump())
     dataset = face_dataset(packed, augmentation=aug, skip_log_dir=skip_log_dir)
     loader = make_loader(
@@ -245,13 +294,15 @@ def _train_worker(
         grad_accum_steps=cfg.grad_accum_steps,
     )
     net.to(state.device)
+    if pose_model is not None:
+        pose_model.to(state.device)
     cl = cfg.channels_last and maybe_channels_last(net, state.device)
     if cfg.compile:
         net.backbone = maybe_compile(net.backbone, True)
     if info.world_size > 1:
         state.models["model"] = wrap_ddp(net, state.device)
     history = fit(
-        _make_step_fn(cfg, cl),
+        _make_step_fn(cfg, cl, pose_model),
         state,
         loader,
         cfg.epochs,

@@ -67,10 +67,13 @@ def train_teacher(
     pretrain_pack_report: dict,
     pretrain_packed_dir: Path,
     teacher_dir: Path,
+    pose_summary: dict,
     teacher: dict,
     common: dict,
 ) -> tuple[dict, dict]:
-    """Train the teacher on the pretrain pool, or point at the user's checkpoint."""
+    """Train the teacher on the pretrain pool, or point at the user's checkpoint. With
+    `teacher.recognizer.pose_retention.weight > 0` the pose model (trained or loaded here) supplies
+    the (yaw, pitch) targets that keep pose readable from the teacher's raw features."""
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
     if t.source == "checkpoint":
@@ -80,7 +83,11 @@ def train_teacher(
             "a recognizer checkpoint (the paper's: arcface-r100-glint360k.pth, insightface layout)",
         )
         return {"checkpoint": str(path), "source": "checkpoint"}, {}
-    summary, metrics = _train("teacher", t.recognizer, pretrain_packed_dir, teacher_dir, com)
+    cfg = t.recognizer
+    if cfg.pose_retention.weight > 0 and not cfg.pose_retention.checkpoint:
+        retention = cfg.pose_retention.model_copy(update={"checkpoint": pose_summary["checkpoint"]})
+        cfg = cfg.model_copy(update={"pose_retention": retention})
+    summary, metrics = _train("teacher", cfg, pretrain_packed_dir, teacher_dir, com)
     return {**summary, "source": "train"}, metrics
 
 

@@ -30,7 +30,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             ),
             Node(
                 train_teacher,
-                inputs=_TRAIN_INPUTS,
+                inputs=[*_TRAIN_INPUTS[:3], "pose_summary", *_TRAIN_INPUTS[3:]],
                 outputs=["teacher_summary", "teacher_mlflow_metrics"],
                 name="train_teacher",
             ),
