@@ -9,8 +9,9 @@ from torch import nn
 from face_pipelines.image_tensors import to_device_normalised as normalise
 from face_pipelines.io.checkpoint import load_checkpoint
 from face_pipelines.io.packed import PackedImages
+from face_pipelines.losses.gan import frozen_parameters
 from face_pipelines.training.data import AugmentationConfig, PackedFaceDataset, make_loader
-from face_pipelines.training.engine import NonFiniteLossError, TrainState, fit, frozen
+from face_pipelines.training.engine import NonFiniteLossError, TrainState, fit
 from face_pipelines.training.schedule import build_scheduler
 
 from .helpers import TinyNet, make_packed
@@ -237,7 +238,7 @@ def test_two_optimizers_gan_style(packed_root, tmp_path):
         fake = gen(code).view_as(real)
         d_loss = 0.5 * ((disc(real) - 1) ** 2).mean() + 0.5 * (disc(fake.detach()) ** 2).mean()
         state.backward_and_step(d_loss, "disc")
-        with frozen(disc):
+        with frozen_parameters(disc):
             g_loss = ((fake - real) ** 2).mean() + 0.1 * ((disc(fake) - 1) ** 2).mean()
             assert not any(p.requires_grad for p in disc.parameters())
         state.backward_and_step(g_loss, "gen")

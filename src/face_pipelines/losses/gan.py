@@ -10,6 +10,13 @@ gradients from G's loss. Here one `kind` picks a matching pair and the two objec
 Multi-scale discriminators return a list of logit maps; every function accepts a tensor or such a
 list and averages the per-scale losses (so the loss scale does not grow with the number of scales).
 
+The other trainers' adversarial terms come from here too:
+- `least_squares_term`: one least-squares term (logits -> target), for discriminators that score
+  several (image, label) pairs per step (ELEGANT composes its D and G losses from it).
+- `fake_class_discriminator_terms` / `fake_class_generator_term`: a (K + 1)-way classifier D whose
+  last class is "generated" (DR-GAN): D learns real -> its class, generated -> the fake class; G
+  wants its output taken for the source class (the non-saturating form).
+
 Intended use in a training step (what keeps the objectives separate):
 
     # discriminator step: fakes detached, so the loss reaches D only
@@ -34,8 +41,11 @@ from face_pipelines.errors import DataError, ParameterError
 __all__ = [
     "GAN_LOSS_KINDS",
     "discriminator_loss",
+    "fake_class_discriminator_terms",
+    "fake_class_generator_term",
     "frozen_parameters",
     "generator_adversarial_loss",
+    "least_squares_term",
 ]
 
 GanLossKind = Literal["hinge", "lsgan"]
@@ -95,18 +105,47 @@ def generator_adversarial_loss(fake_logits: Logits, kind: GanLossKind) -> torch.
     return torch.stack(losses).mean()
 
 
-@contextlib.contextmanager
-def frozen_parameters(module: nn.Module) -> Iterator[nn.Module]:
-    """Temporarily set requires_grad=False on the module's parameters (restored on exit).
+def least_squares_term(logits: Logits, target: float) -> torch.Tensor:
+    """mean((D - target)^2), averaged over the scales of a multi-scale D (lsgan's building block)."""
+    scores = _as_list(logits, "logits")
+    return sum(((s.float() - target) ** 2).mean() for s in scores) / len(scores)
 
-    Gradients still flow through the module to its inputs, so a generator loss computed on
+
+def fake_class_discriminator_terms(
+    real_logits: torch.Tensor, fake_logits: torch.Tensor, real_class: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(real term, fake term) of a classifier D with a last "generated" class: cross-entropy of the
+    real images against their class and of the (detached) generated ones against the fake class."""
+    fake_class = torch.full(
+        (fake_logits.shape[0],), fake_logits.shape[1] - 1, device=fake_logits.device
+    )
+    return (
+        F.cross_entropy(real_logits.float(), real_class),
+        F.cross_entropy(fake_logits.float(), fake_class),
+    )
+
+
+def fake_class_generator_term(
+    fake_logits: torch.Tensor, source_class: torch.Tensor
+) -> torch.Tensor:
+    """G's term against a classifier D with a "generated" class: its output taken for the source
+    class (computed inside ``frozen_parameters(disc)``)."""
+    return F.cross_entropy(fake_logits.float(), source_class)
+
+
+@contextlib.contextmanager
+def frozen_parameters(*modules: nn.Module) -> Iterator[None]:
+    """Temporarily set requires_grad=False on the modules' parameters (restored on exit; parameters
+    that were already frozen stay so).
+
+    Gradients still flow through the modules to their inputs, so a generator loss computed on
     ``disc(fake)`` inside this block trains the generator and leaves D's .grad untouched.
     """
-    params = [p for p in module.parameters() if p.requires_grad]
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
     for p in params:
         p.requires_grad_(False)
     try:
-        yield module
+        yield
     finally:
         for p in params:
             p.requires_grad_(True)

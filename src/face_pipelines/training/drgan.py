@@ -51,6 +51,11 @@ from face_pipelines.image_tensors import (
 )
 from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
+from face_pipelines.losses.gan import (
+    fake_class_discriminator_terms,
+    fake_class_generator_term,
+    frozen_parameters,
+)
 from face_pipelines.models.drgan import (
     DRGANConfig,
     DRGANDiscriminator,
@@ -61,7 +66,7 @@ from face_pipelines.models.drgan import (
 )
 from face_pipelines.models.inference import DRGAN_ARCH, embed_images, load_drgan
 from face_pipelines.training.data import PackedFaceDataset, make_loader
-from face_pipelines.training.engine import TrainState, fit, frozen
+from face_pipelines.training.engine import TrainState, fit
 
 
 class DRGANTrainConfig(BaseModel):
@@ -143,13 +148,11 @@ def discriminator_loss(
 ) -> dict[str, torch.Tensor]:
     """D's terms: real -> (true identity, true pose), generated -> the fake class (the last logit).
     `pose_class_weights` [Np] weight the real-pose cross-entropy per bin (None = uniform)."""
-    fake_class = torch.full(
-        (fake_identity.shape[0],), fake_identity.shape[1] - 1, device=fake_identity.device
-    )
+    d_real, d_fake = fake_class_discriminator_terms(real_identity, fake_identity, y_identity)
     terms = {
-        "d_real_identity": F.cross_entropy(real_identity.float(), y_identity),
+        "d_real_identity": d_real,
         "d_real_pose": F.cross_entropy(real_pose.float(), y_pose, weight=pose_class_weights),
-        "d_fake": F.cross_entropy(fake_identity.float(), fake_class),
+        "d_fake": d_fake,
     }
     terms["d_loss"] = (
         terms["d_real_identity"] + pose_weight * terms["d_real_pose"] + terms["d_fake"]
@@ -166,7 +169,7 @@ def generator_loss(
 ) -> dict[str, torch.Tensor]:
     """G's terms: generated images classified as the source identity and the target pose."""
     terms = {
-        "g_identity": F.cross_entropy(fake_identity.float(), source_identity),
+        "g_identity": fake_class_generator_term(fake_identity, source_identity),
         "g_pose": F.cross_entropy(fake_pose.float(), target_pose),
     }
     terms["g_loss"] = terms["g_identity"] + pose_weight * terms["g_pose"]
@@ -398,7 +401,7 @@ def train_drgan(
                 pose_class_weights,
             )
         st.backward_and_step(d_terms["d_loss"], "disc")
-        with frozen(D), st.autocast():
+        with frozen_parameters(D), st.autocast():
             fake_id, fake_pose = D(fake)
             g_terms = generator_loss(fake_id, fake_pose, source_id, target, cfg.pose_weight)
         st.backward_and_step(g_terms["g_loss"], "gen")

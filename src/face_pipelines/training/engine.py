@@ -15,7 +15,8 @@ rest, top to bottom:
 
 `backward_and_step` does loss scaling (fp16), gradient accumulation (the loss is divided by the
 window length; the optimizer steps at the end of the window), gradient clipping and the optimizer's
-LR scheduler step. Several optimizers (GAN: generator and discriminator) are several names::
+LR scheduler step. Several optimizers (GAN: generator and discriminator) are several names
+(`frozen_parameters`, from face_pipelines.losses.gan, keeps D's weights out of G's step)::
 
     def step_fn(batch, state):
         real = to_device_normalised(batch[0], state.device)
@@ -23,7 +24,7 @@ LR scheduler step. Several optimizers (GAN: generator and discriminator) are sev
             fake = state.models["gen"](feats)
             d_loss = d_objective(state.models["disc"], real, fake.detach())
         state.backward_and_step(d_loss, "disc")
-        with frozen(state.models["disc"]), state.autocast():
+        with frozen_parameters(state.models["disc"]), state.autocast():
             g_loss = g_objective(state.models["disc"], fake, real)
         state.backward_and_step(g_loss, "gen")
         return {"loss": g_loss + d_loss, "g_loss": g_loss, "d_loss": d_loss}
@@ -50,7 +51,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,19 +100,6 @@ class NonFiniteLossError(FacePipelinesError, FloatingPointError):
             "last good checkpoint was kept. Lower the learning rate, check the inputs or clip "
             "gradients, then re-run (it resumes from that checkpoint)."
         )
-
-
-@contextlib.contextmanager
-def frozen(*modules: nn.Module) -> Iterator[None]:
-    """Turn off requires_grad of `modules` inside the block (e.g. D while the G loss backpropagates)."""
-    params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p in params:
-            p.requires_grad_(True)
 
 
 @dataclass

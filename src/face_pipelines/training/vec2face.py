@@ -32,7 +32,11 @@ from face_pipelines.device import resolve_device
 from face_pipelines.image_tensors import hwc_to_input, image_grid, images_to_uint8, normalise
 from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
-from face_pipelines.losses.gan import discriminator_loss, generator_adversarial_loss
+from face_pipelines.losses.gan import (
+    discriminator_loss,
+    frozen_parameters,
+    generator_adversarial_loss,
+)
 from face_pipelines.losses.lpips import LPIPSVGG
 from face_pipelines.metrics.feature_stats import frechet_distance
 from face_pipelines.metrics.separability import pixel_spread
@@ -40,7 +44,7 @@ from face_pipelines.models.discriminator import build_discriminator
 from face_pipelines.models.inference import embed_images, predict_pose
 from face_pipelines.models.vec2face import VEC2FACE_PRESETS, Vec2Face, Vec2FaceConfig
 from face_pipelines.training.data import PackedTargetDataset, heldout_identity_split, make_loader
-from face_pipelines.training.engine import TrainState, fit, frozen
+from face_pipelines.training.engine import TrainState, fit
 from face_pipelines.training.schedule import build_scheduler
 
 
@@ -465,7 +469,7 @@ def train_vec2face(
                 d_loss = discriminator_loss(D(x), D(fake.detach()), cfg.gan_kind)
             st.backward_and_step(d_loss, "disc")
             metrics["d_loss"] = d_loss.detach()
-        with frozen(D), st.autocast():
+        with frozen_parameters(D), st.autocast():
             t_fake, t_real = teacher_view(fake, x, cfg.teacher_view_jitter, st.step)
             emb_fake, maps_fake = teacher.forward_features(t_fake, return_maps=True)
             l_pix = F.mse_loss(fake.float(), x)

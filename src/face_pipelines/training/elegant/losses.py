@@ -1,5 +1,6 @@
 """ELEGANT's losses: least-squares GAN terms on (image, labels) pairs at both scales, the attribute
-critic, and the swap forward pass they are computed on (see the package docstring for the formulas)."""
+critic, and the swap forward pass they are computed on (see the package docstring for the formulas).
+The least-squares term itself is `face_pipelines.losses.gan.least_squares_term`."""
 
 from __future__ import annotations
 
@@ -7,15 +8,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from face_pipelines.losses.gan import least_squares_term as _ls
 from face_pipelines.models.elegant import (
     ELEGANTGenerator,
     swap_slot,
 )
-
-
-def _ls(scores: list[torch.Tensor], target: float) -> torch.Tensor:
-    """Least-squares GAN term averaged over the discriminator scales."""
-    return sum(((s.float() - target) ** 2).mean() for s in scores) / len(scores)
 
 
 def discriminator_loss(

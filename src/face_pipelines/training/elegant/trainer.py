@@ -15,6 +15,7 @@ from face_pipelines.errors import DataError
 from face_pipelines.image_tensors import normalise
 from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
+from face_pipelines.losses.gan import frozen_parameters
 from face_pipelines.models.elegant import (
     ELEGANTDiscriminator,
     ELEGANTGenerator,
@@ -30,7 +31,7 @@ from face_pipelines.training.elegant.losses import (
     generator_loss,
     swap_forward,
 )
-from face_pipelines.training.engine import TrainState, fit, frozen
+from face_pipelines.training.engine import TrainState, fit
 
 LogFn = Callable[[dict, int], None]
 
@@ -143,7 +144,7 @@ def train_elegant(
                 cfg.mismatch_weight,
             )
         st.backward_and_step(d_terms["d_loss"], "disc")
-        with frozen(D), st.autocast():
+        with frozen_parameters(D), st.autocast():
             g_terms = generator_loss(
                 D,
                 x_a,
