@@ -17,7 +17,7 @@ from face_pipelines.errors import DataError
 from face_pipelines.io.packed import PackedImages
 from face_pipelines.metrics.separability import identity_centres, intra_class_cosines
 from face_pipelines.models.drgan import yaw_to_pose_bin
-from face_pipelines.models.inference import embed_images, load_drgan, load_recognizer
+from face_pipelines.models.inference import embed_images, load_drgan, load_judge
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.dataset_card import (
     add_pose_code_measures,
@@ -198,7 +198,7 @@ def make_pose_code_dataset_card(
         device,
     )
     gen = load_drgan(drgan_report["checkpoint"], device)
-    judge, _ = load_recognizer(judge_summary["checkpoint"], device, arch=t.judge.checkpoint_arch)
+    judge = load_judge(judge_summary["checkpoint"], device, arch=t.judge.checkpoint_arch)
     packed = PackedImages(Path(subset_packed_dir))
     real_u8, _ = packed.get_batch(even_rows(packed.labels, p.synth.judge_images))
     judged = judge_reconstruction(gen, judge, real_u8, device, p.synth.render.seed)

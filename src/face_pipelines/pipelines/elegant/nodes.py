@@ -13,7 +13,7 @@ from PIL import Image
 
 from face_pipelines.errors import DataError
 from face_pipelines.io.packed import PackedImages
-from face_pipelines.models.inference import load_attribute_classifier, load_elegant, load_recognizer
+from face_pipelines.models.inference import load_attribute_classifier, load_elegant, load_judge
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.figures import image_figure
 from face_pipelines.reporting.lineage import (
@@ -58,10 +58,10 @@ def subset_attribute_labels(
     return attribute_labels(manifest, attributes, SUBSET_MANIFEST, "elegant.train.attributes")
 
 
-def load_judge(judge_summary: dict, teacher: dict):
+def _judge(judge_summary: dict, teacher: dict):
     """The teacher pipeline's independent judge recognizer (no ELEGANT loss uses it)."""
     arch = validate_section("teacher", teacher).judge.checkpoint_arch
-    return load_recognizer(judge_summary["checkpoint"], arch=arch)[0]
+    return load_judge(judge_summary["checkpoint"], arch=arch)
 
 
 def train_edit_classifier(
@@ -106,7 +106,7 @@ def train_attribute_editor(
         subset_packed_manifest, packed, p.train.attributes, p.labels_path
     )
     classifier, _ = load_attribute_classifier(elegant_classifier_report["checkpoint"])
-    judge = load_judge(judge_summary, teacher)
+    judge = _judge(judge_summary, teacher)
     hist = MetricHistory()
     report = train_elegant(
         subset_packed_dir,
@@ -168,7 +168,7 @@ def edit_synthetic_attributes(
             f"the attribute classifier ({clf_attributes}) and ELEGANT ({attributes}) were trained "
             "on different attributes; re-run the elegant pipeline"
         )
-    judge = load_judge(judge_summary, teacher)
+    judge = _judge(judge_summary, teacher)
     packed = PackedImages(Path(subset_packed_dir))
     labels = subset_attribute_labels(subset_packed_manifest, packed, attributes, p.labels_path)
     out_root = Path(elegant_edited_dir)

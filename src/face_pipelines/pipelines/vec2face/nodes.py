@@ -15,7 +15,7 @@ from face_pipelines.errors import ParameterError
 from face_pipelines.image_tensors import image_grid
 from face_pipelines.io.subset import require_path
 from face_pipelines.metrics.feature_probe import probe_features, probe_headline, probe_summary
-from face_pipelines.models.inference import load_pose_regressor, load_recognizer
+from face_pipelines.models.inference import load_judge, load_pose_regressor, load_recognizer
 from face_pipelines.models.vec2face import load_vec2face
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.figures import image_figure
@@ -67,7 +67,7 @@ def train_generator(
         teacher_summary["checkpoint"],
         **t.checkpoint_kwargs(),
     )
-    judge_model, _ = load_recognizer(judge_summary["checkpoint"], arch=t.judge.checkpoint_arch)
+    judge_model = load_judge(judge_summary["checkpoint"], arch=t.judge.checkpoint_arch)
     # The pose model is in no generator loss: it reads whether G(f) turns the head as x does.
     pose_model = load_pose_regressor(pose_summary["checkpoint"])
     hist = MetricHistory()
