@@ -96,17 +96,6 @@ class FaceWorldParams(FaceWorldConfig):
 
 # --------------------------------------------------------------------------------------------------
 # teacher
-class JudgeParams(Strict):
-    source: Literal["train", "checkpoint"] = Field(
-        "train", description="train an independent recognizer, or load one by path"
-    )
-    checkpoint: str | None = Field(None, description="judge checkpoint when source=checkpoint")
-    checkpoint_arch: str | None = Field(None, description="arch of a bare state_dict checkpoint")
-    recognizer: RecognizerConfig = Field(
-        default_factory=RecognizerConfig, description="recipe when source=train"
-    )
-
-
 class PoseParams(Strict):
     source: Literal["train", "checkpoint"] = Field(
         "train", description="train the yaw/pitch regressor on FaceWorld labels, or load one"
@@ -136,7 +125,10 @@ class BareStateDictRecognizer(Strict):
         }
 
 
-class TeacherParams(BareStateDictRecognizer):
+class RecognizerSource(BareStateDictRecognizer):
+    """Where a recognizer of the teacher pipeline comes from: trained here on FaceWorld's pretrain
+    pool from `recognizer`, or loaded by path (the teacher and the judge share this schema)."""
+
     source: Literal["train", "checkpoint"] = Field(
         "train", description="train on FaceWorld's pretrain pool, or load a recognizer by path"
     )
@@ -146,7 +138,13 @@ class TeacherParams(BareStateDictRecognizer):
     recognizer: RecognizerConfig = Field(
         default_factory=RecognizerConfig, description="recipe when source=train"
     )
-    judge: JudgeParams = Field(default_factory=JudgeParams, description="independent judge")
+
+
+class TeacherParams(RecognizerSource):
+    judge: RecognizerSource = Field(
+        default_factory=RecognizerSource,
+        description="independent judge: a recognizer no generator or editor loss uses",
+    )
     pose: PoseParams = Field(default_factory=PoseParams, description="head-pose model for AttrOP")
     feature_batch_size: int = Field(256, gt=0, description="batch size of feature extraction")
 

@@ -120,12 +120,17 @@ def embed_images(
 
 
 def load_judge(
-    checkpoint: str | Path, device: torch.device | str = "cpu", arch: str | None = None
+    checkpoint: str | Path,
+    device: torch.device | str = "cpu",
+    arch: str | None = None,
+    input_size: int = 112,
+    embedding_dim: int = 512,
 ) -> nn.Module:
     """The judge recognizer in eval mode: the recognizer that scores identity preservation and that
-    no generator or editor loss uses (`arch` names a bare foreign state_dict, as in load_recognizer).
+    no generator or editor loss uses (`arch`, `input_size`, `embedding_dim` describe a bare foreign
+    state_dict, as in load_recognizer).
     """
-    return load_recognizer(checkpoint, device, arch=arch)[0]
+    return load_recognizer(checkpoint, device, arch, input_size, embedding_dim)[0]
 
 
 def load_pose_regressor(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:

@@ -198,7 +198,7 @@ def make_pose_code_dataset_card(
         device,
     )
     gen = load_drgan(drgan_report["checkpoint"], device)
-    judge = load_judge(judge_summary["checkpoint"], device, arch=t.judge.checkpoint_arch)
+    judge = load_judge(judge_summary["checkpoint"], device, **t.judge.checkpoint_kwargs())
     packed = PackedImages(Path(subset_packed_dir))
     real_u8, _ = packed.get_batch(even_rows(packed.labels, p.synth.judge_images))
     judged = judge_reconstruction(gen, judge, real_u8, device, p.synth.render.seed)

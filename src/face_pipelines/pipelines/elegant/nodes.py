@@ -60,8 +60,8 @@ def subset_attribute_labels(
 
 def _judge(judge_summary: dict, teacher: dict):
     """The teacher pipeline's independent judge recognizer (no ELEGANT loss uses it)."""
-    arch = validate_section("teacher", teacher).judge.checkpoint_arch
-    return load_judge(judge_summary["checkpoint"], arch=arch)
+    judge = validate_section("teacher", teacher).judge
+    return load_judge(judge_summary["checkpoint"], **judge.checkpoint_kwargs())
 
 
 def train_edit_classifier(

@@ -67,7 +67,7 @@ def train_generator(
         teacher_summary["checkpoint"],
         **t.checkpoint_kwargs(),
     )
-    judge_model = load_judge(judge_summary["checkpoint"], arch=t.judge.checkpoint_arch)
+    judge_model = load_judge(judge_summary["checkpoint"], **t.judge.checkpoint_kwargs())
     # The pose model is in no generator loss: it reads whether G(f) turns the head as x does.
     pose_model = load_pose_regressor(pose_summary["checkpoint"])
     hist = MetricHistory()
