@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
 from face_pipelines.device import maybe_channels_last, resolve_device
 from face_pipelines.image_tensors import normalise
@@ -17,20 +17,18 @@ from face_pipelines.models.attributes import POSE_SCALE_DEG, PoseRegressor
 from face_pipelines.models.inference import POSE_REGRESSOR_ARCH
 from face_pipelines.training.data import PackedTargetDataset, make_loader
 from face_pipelines.training.engine import TrainState, fit
+from face_pipelines.training.loop_config import BatchSize, Epochs, LearningRate, TrainLoopConfig
 from face_pipelines.training.schedule import build_scheduler
 
 
-class PoseConfig(BaseModel):
+class PoseConfig(TrainLoopConfig):
     """Recipe of the head-pose regressor."""
 
-    model_config = ConfigDict(extra="forbid")
+    epochs: Epochs = 6
+    batch_size: BatchSize = 128
+    lr: LearningRate = Field(2e-3, description="AdamW learning rate (cosine decay)")
     widths: list[int] = Field([16, 32, 64, 128], description="channels of the conv stages")
-    epochs: int = Field(6, gt=0, description="training epochs")
-    batch_size: int = Field(128, gt=0, description="batch size")
-    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (cosine decay)")
     weight_decay: float = Field(1e-4, ge=0, description="AdamW weight decay")
-    num_workers: int = Field(0, ge=0, description="data-loader workers")
-    seed: int = Field(0, description="seed")
 
 
 def train_pose_regressor(
@@ -58,7 +56,9 @@ def train_pose_regressor(
     opt = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     total = len(loader) * config.epochs
     sched = build_scheduler(opt, "cosine", total_steps=total, warmup_steps=max(1, total // 20))
-    state = TrainState.create(model, opt, sched, device=device, grad_clip=5.0)
+    state = TrainState.create(
+        model, opt, sched, device=device, precision=config.precision, grad_clip=5.0
+    )
     model.to(state.device)
     cl = maybe_channels_last(model, state.device)
 
@@ -85,6 +85,7 @@ def train_pose_regressor(
         config.epochs,
         checkpoint_dir=Path(out_dir) / "train_state",
         log=log,
+        log_every=config.log_every,
         progress=progress,
         desc="train pose",
         config={

@@ -33,13 +33,12 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from face_pipelines.device import maybe_channels_last, resolve_device
 from face_pipelines.errors import DataError
@@ -67,12 +66,16 @@ from face_pipelines.models.drgan import (
 from face_pipelines.models.inference import DRGAN_ARCH, embed_images, load_drgan
 from face_pipelines.training.data import PackedFaceDataset, make_loader
 from face_pipelines.training.engine import TrainState, fit
+from face_pipelines.training.loop_config import BatchSize, Epochs, LearningRate, TrainLoopConfig
 
 
-class DRGANTrainConfig(BaseModel):
+class DRGANTrainConfig(TrainLoopConfig):
     """Recipe of a DR-GAN training run."""
 
-    model_config = ConfigDict(extra="forbid")
+    epochs: Epochs = 2
+    batch_size: BatchSize = Field(64, description="real images (multi_image: identities) per batch")
+    lr: LearningRate = Field(2e-4, description="Adam lr of G (paper: 2e-4)")
+    seed: int = Field(0, description="seed of weights, data order, pose codes and noise")
     model: dict = Field(
         default_factory=dict,
         description="arguments of face_pipelines.models.drgan.DRGANConfig (channels, feat_dim, "
@@ -89,9 +92,6 @@ class DRGANTrainConfig(BaseModel):
         description="weight D's real-pose cross-entropy by inverse bin frequency, so the rare "
         "profile bins count as much as the frontal ones (False = the paper's plain loss)",
     )
-    epochs: int = Field(2, gt=0, description="training epochs")
-    batch_size: int = Field(64, gt=0, description="real images (multi_image: identities) per batch")
-    lr: float = Field(2e-4, gt=0, description="Adam lr of G (paper: 2e-4)")
     lr_d: float = Field(2e-4, gt=0, description="Adam lr of D (paper: 2e-4)")
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of G and D")
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm (None = no clip)")
@@ -102,10 +102,6 @@ class DRGANTrainConfig(BaseModel):
         description="real images re-rendered after every epoch to measure D's pose "
         "and identity accuracy on generated images in eval mode",
     )
-    log_every: int = Field(10, gt=0, description="optimizer steps between per-step logs")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="autocast")
-    num_workers: int = Field(0, ge=0, description="data-loader workers")
-    seed: int = Field(0, description="seed of weights, data order, pose codes and noise")
 
     @model_validator(mode="after")
     def _check(self):

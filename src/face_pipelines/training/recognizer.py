@@ -47,6 +47,13 @@ from face_pipelines.training.data import (
 )
 from face_pipelines.training.distributed import launch, world_info, wrap_ddp
 from face_pipelines.training.engine import TrainState, fit
+from face_pipelines.training.loop_config import (
+    BatchSize,
+    Epochs,
+    LearningRate,
+    NumWorkers,
+    TrainLoopConfig,
+)
 from face_pipelines.training.schedule import build_scheduler
 
 
@@ -91,10 +98,15 @@ class PoseRetentionParams(BaseModel):
     scale_deg: float = Field(30.0, gt=0, description="degrees per regression unit (target / scale)")
 
 
-class RecognizerConfig(BaseModel):
+class RecognizerConfig(TrainLoopConfig):
     """Recipe of one recognizer training run (backbone, head, optimiser, schedule, devices)."""
 
-    model_config = ConfigDict(extra="forbid")
+    epochs: Epochs = 10
+    batch_size: BatchSize = 128
+    lr: LearningRate = Field(0.1, description="peak SGD learning rate")
+    num_workers: NumWorkers = 2
+    seed: int = Field(0, description="seed for initialisation, data order and augmentation")
+    log_every: int = Field(20, gt=0, description="optimiser steps between metric logs")
     arch: str = Field("small", description="backbone: small | iresnet18/34/50/100")
     embedding_dim: int = Field(256, gt=0, description="embedding size (512 for IResNets)")
     backbone_kwargs: dict = Field(default_factory=dict, description="extra backbone arguments")
@@ -105,9 +117,6 @@ class RecognizerConfig(BaseModel):
     m: float | None = Field(None, description="margin (default: 0.5 arcface, 0.4 cosface)")
     sample_rate: float = Field(1.0, gt=0, le=1, description="PartialFC class sampling rate")
     topofr: TopoFRParams = Field(default_factory=TopoFRParams)
-    epochs: int = Field(10, gt=0, description="training epochs")
-    batch_size: int = Field(128, gt=0, description="batch size per process")
-    lr: float = Field(0.1, gt=0, description="peak SGD learning rate")
     momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(5e-4, ge=0, description="weight decay (not on BN/bias/PReLU)")
     schedule: Literal["poly", "step", "cosine"] = Field("poly", description="LR schedule")
@@ -120,15 +129,9 @@ class RecognizerConfig(BaseModel):
         default_factory=PoseRetentionParams,
         description="keep (yaw, pitch) linearly readable from the raw embedding (teachers only)",
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
-        "auto", description="auto: bf16 on CUDA (fp16 where bf16 is missing), fp32 on CPU"
-    )
     channels_last: bool = Field(True, description="channels_last memory format (CUDA and CPU)")
     compile: bool = Field(False, description="torch.compile the backbone (CUDA)")
     devices: int = Field(1, ge=1, description="processes/GPUs; > 1 launches torchrun-style DDP")
-    num_workers: int = Field(2, ge=0, description="data-loader workers per process")
-    seed: int = Field(0, description="seed for initialisation, data order and augmentation")
-    log_every: int = Field(20, gt=0, description="optimiser steps between metric logs")
 
     @model_validator(mode="after")
     def _check(self):

@@ -45,6 +45,7 @@ from face_pipelines.models.inference import embed_images, predict_pose
 from face_pipelines.models.vec2face import VEC2FACE_PRESETS, Vec2Face, Vec2FaceConfig
 from face_pipelines.training.data import PackedTargetDataset, heldout_identity_split, make_loader
 from face_pipelines.training.engine import TrainState, fit
+from face_pipelines.training.loop_config import Epochs, LearningRate, TrainLoopConfig
 from face_pipelines.training.schedule import build_scheduler
 
 
@@ -67,10 +68,11 @@ class Vec2FaceLossWeights(BaseModel):
     )
 
 
-class Vec2FaceTrainConfig(BaseModel):
+class Vec2FaceTrainConfig(TrainLoopConfig):
     """Recipe of a Vec2Face training run."""
 
-    model_config = ConfigDict(extra="forbid")
+    epochs: Epochs = 8
+    lr: LearningRate = Field(4e-4, description="generator AdamW peak lr (warm-up + half-cosine)")
     preset: Literal["default", "paper"] = Field("default", description="model size preset")
     model: dict = Field(
         default_factory=dict,
@@ -103,9 +105,6 @@ class Vec2FaceTrainConfig(BaseModel):
         None,
         description="LPIPS v0.1 linear-layer weights (the lpips package's weights/v0.1/vgg.pth)",
     )
-    epochs: int = Field(8, gt=0, description="training epochs")
-    batch_size: int = Field(64, gt=0, description="batch size per process")
-    lr: float = Field(4e-4, gt=0, description="generator AdamW peak lr (warm-up + half-cosine)")
     lr_d: float = Field(2e-4, gt=0, description="discriminator AdamW lr (constant)")
     betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas (G and D)")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay of G")
@@ -127,9 +126,6 @@ class Vec2FaceTrainConfig(BaseModel):
         "the last epoch is always a point",
     )
     grid_identities: int = Field(8, gt=0, description="identities per sample grid")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="autocast")
-    num_workers: int = Field(0, ge=0, description="data-loader workers")
-    seed: int = Field(0, description="seed")
 
     @model_validator(mode="after")
     def _check_lpips(self):
@@ -573,6 +569,7 @@ def train_vec2face(
         cfg.epochs,
         checkpoint_dir=Path(out_dir) / "train_state",
         log=log,
+        log_every=cfg.log_every,
         epoch_end_fn=epoch_end,
         progress=progress,
         desc="train vec2face",

@@ -54,7 +54,7 @@ def train_attribute_classifier(
         dataset, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, device=device
     )
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    state = TrainState.create(model, opt, device=device, grad_clip=5.0)
+    state = TrainState.create(model, opt, device=device, precision=cfg.precision, grad_clip=5.0)
     # Positives are rare (e.g. sunglasses ~3%): weight them up to the negatives, capped.
     freq = labels[train_idx].mean(0).clip(1e-3, 1 - 1e-3)
     pos_weight = torch.as_tensor(np.minimum((1 - freq) / freq, 10.0), device=state.device)
@@ -78,6 +78,7 @@ def train_attribute_classifier(
         cfg.epochs,
         checkpoint_dir=Path(out_dir) / "train_state",
         log=log,
+        log_every=cfg.log_every,
         progress=progress,
         desc="train attribute classifier",
         config={

@@ -2,35 +2,32 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from face_pipelines.errors import DataError
-from face_pipelines.models.elegant import (
-    ELEGANTConfig,
-)
+from face_pipelines.models.elegant import ELEGANTConfig
+from face_pipelines.training.loop_config import BatchSize, Epochs, LearningRate, TrainLoopConfig
 
 
-class AttributeClassifierConfig(BaseModel):
+class AttributeClassifierConfig(TrainLoopConfig):
     """Recipe of the attribute classifier that measures edit success."""
 
-    model_config = ConfigDict(extra="forbid")
+    epochs: Epochs = 3
+    lr: LearningRate = Field(2e-3, description="AdamW learning rate")
+    seed: int = Field(0, description="seed of weights, split and data order")
     widths: list[int] = Field([24, 48, 96], min_length=1, description="channels of the stages")
-    epochs: int = Field(3, gt=0, description="training epochs")
-    batch_size: int = Field(64, gt=0, description="batch size")
-    lr: float = Field(2e-3, gt=0, description="AdamW learning rate")
     heldout_identities: float = Field(
         0.1, ge=0, lt=1, description="fraction of identities held out to report its accuracy"
     )
-    num_workers: int = Field(0, ge=0, description="data-loader workers")
-    seed: int = Field(0, description="seed of weights, split and data order")
 
 
-class ELEGANTTrainConfig(BaseModel):
+class ELEGANTTrainConfig(TrainLoopConfig):
     """Recipe of an ELEGANT training run."""
 
-    model_config = ConfigDict(extra="forbid")
+    epochs: Epochs = 2
+    batch_size: BatchSize = Field(32, description="pairs (A, B) per batch")
+    lr: LearningRate = Field(2e-4, description="Adam lr of the generator (encoder + decoder)")
+    seed: int = Field(0, description="seed of weights, pair draws and data order")
     attributes: list[str] = Field(
         ["glasses", "beard", "hat", "smile"],
         min_length=1,
@@ -41,10 +38,7 @@ class ELEGANTTrainConfig(BaseModel):
         description="arguments of face_pipelines.models.elegant.ELEGANTConfig (channels, "
         "slot_channels, disc_channels); image_size and num_attributes come from the data",
     )
-    epochs: int = Field(2, gt=0, description="training epochs")
     steps_per_epoch: int = Field(200, gt=0, description="batches of pairs per epoch")
-    batch_size: int = Field(32, gt=0, description="pairs (A, B) per batch")
-    lr: float = Field(2e-4, gt=0, description="Adam lr of the generator (encoder + decoder)")
     lr_d: float = Field(2e-4, gt=0, description="Adam lr of the two discriminators")
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of G and D")
     recon_weight: float = Field(5.0, ge=0, description="weight of the L1 reconstruction loss")
@@ -81,10 +75,6 @@ class ELEGANTTrainConfig(BaseModel):
     grad_clip: float | None = Field(None, gt=0, description="max gradient norm (None = no clip)")
     eval_pairs: int = Field(64, gt=0, description="pairs per attribute scored after every epoch")
     grid_steps: int = Field(4, ge=2, description="side of each exemplar interpolation grid")
-    log_every: int = Field(10, gt=0, description="optimizer steps between per-step logs")
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field("auto", description="autocast")
-    num_workers: int = Field(0, ge=0, description="data-loader workers")
-    seed: int = Field(0, description="seed of weights, pair draws and data order")
 
     @model_validator(mode="after")
     def _check(self):
