@@ -10,7 +10,7 @@ Rows:
 - generate: synthesis.attrop.generate_images (no grad), batch 16 (as AttrOP).
 - attrop_N: synthesis.attrop.attrop with steps_max=N (N+1 generator forwards, N backwards through
   generator + teacher + pose model), batch 16.
-- render: synthesis.render.render_dataset in-process, plain generation + JPEG encode + atomic
+- render: synthesis.dataset_writer.render_dataset in-process, plain generation + JPEG encode + atomic
   writes + shard markers + manifest.
 
     .venv/bin/python benchmarks/bench_attrop.py              # CPU, well under a minute
@@ -38,7 +38,7 @@ from torch import nn
 
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.synthesis.attrop import AttrOPConfig, attrop, generate_images
-from face_pipelines.synthesis.render import render_dataset
+from face_pipelines.synthesis.dataset_writer import render_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "attrop.json"
 FEAT_DIM = 512

@@ -19,6 +19,12 @@ from face_pipelines.models.inference import DRGAN_ARCH, embed_images, load_recog
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.dataset_card import add_pose_code_measures
 from face_pipelines.reporting.rendered import decode_rendered
+from face_pipelines.synthesis.dataset_writer import (
+    COMPLETE_MARKER,
+    MANIFEST_NAME,
+    load_rendered_manifest,
+    render_dataset,
+)
 from face_pipelines.synthesis.factory import load_generator
 from face_pipelines.synthesis.pose_code import (
     PoseCodeGenerator,
@@ -26,12 +32,6 @@ from face_pipelines.synthesis.pose_code import (
     make_pose_code_plan,
     pose_bin_success,
     spread_pose_bins,
-)
-from face_pipelines.synthesis.render import (
-    COMPLETE_MARKER,
-    MANIFEST_NAME,
-    load_rendered_manifest,
-    render_dataset,
 )
 from face_pipelines.training.drgan import save_encoder_checkpoint
 

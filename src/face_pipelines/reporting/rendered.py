@@ -19,7 +19,7 @@ from face_pipelines.models.inference import (
     predict_pose,
 )
 from face_pipelines.reporting.dataset_card import build_dataset_card
-from face_pipelines.synthesis.render import load_rendered_manifest
+from face_pipelines.synthesis.dataset_writer import load_rendered_manifest
 
 
 class RenderedMeasures(NamedTuple):

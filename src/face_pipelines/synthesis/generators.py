@@ -5,7 +5,7 @@ instantiated once per generator under a namespace (pipeline_registry). It never 
 generator; it needs only:
 
 - `Generator`: vectors (and, per image, the plan's target columns it names) in; images out. The
-  renderer (synthesis.render.render_dataset) batches the plan, calls `generate` and writes the
+  renderer (synthesis.dataset_writer.render_dataset) batches the plan, calls `generate` and writes the
   JPEGs, shards, markers and manifest, whichever generator it is.
 - `Editor`: one batch of plan rows in; images plus what was met per row out (AttrOP's
   `attrop_steps` / `attrop_met`). Editors that change finished images (ELEGANT's attribute

@@ -5,7 +5,7 @@ decoded at pose codes spread over the yaw bins plus noise z - explicit pose cont
     separation threshold and leakage guard as Vec2Face's plan, in f space)--> identity centres
     --> plan: k images per identity, pose bins cycled from a per-identity offset (every bin used
         about equally, every identity seen at many poses)
-    --> render (synthesis.render, the one renderer): `PoseCodeGenerator` reads each row's `pose_bin`
+    --> render (synthesis.dataset_writer, the one renderer): `PoseCodeGenerator` reads each row's `pose_bin`
         and draws z ~ U(-1, 1) from the shard's seeded generator, so the images are resumable and
         do not depend on the number of workers.
 """

@@ -37,9 +37,13 @@ from face_pipelines.reporting.lineage import (
 from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.attrop import AttrOPBatchEditor
+from face_pipelines.synthesis.dataset_writer import (
+    export_recordio,
+    file_fingerprint,
+    render_dataset,
+)
 from face_pipelines.synthesis.factory import load_attrop_models, load_generator
 from face_pipelines.synthesis.generators import DEFAULT_GENERATOR, generator_kind
-from face_pipelines.synthesis.render import export_recordio, file_fingerprint, render_dataset
 
 log = logging.getLogger(__name__)
 

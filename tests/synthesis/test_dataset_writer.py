@@ -21,7 +21,7 @@ from face_pipelines.errors import DataError
 from face_pipelines.io.images import decode_image, encode_jpeg
 from face_pipelines.io.recordio import read_recordio
 from face_pipelines.synthesis.attrop import AttrOPBatchEditor, AttrOPModels
-from face_pipelines.synthesis.render import (
+from face_pipelines.synthesis.dataset_writer import (
     COMPLETE_MARKER,
     MANIFEST_NAME,
     SHARDS_DIR,
@@ -192,7 +192,7 @@ def test_complete_render_writes_exactly_the_plan(reference):
 def test_same_images_as_direct_generation(reference):
     """Shard 0's images are the generator's output for its rows, with the shard's seed."""
     from face_pipelines.synthesis.attrop import generate_images
-    from face_pipelines.synthesis.render import shard_seed
+    from face_pipelines.synthesis.dataset_writer import shard_seed
 
     root, plan, vectors, manifest, _ = reference
     rows = manifest[manifest["identity"] < SHARD]
@@ -244,7 +244,7 @@ def test_sigkill_midway_then_resume(reference, tmp_path):
         f"""
         import functools, numpy as np, pandas as pd, torch
         torch.set_num_threads(1)
-        from tests.synthesis.test_render import make_toy_generator, render
+        from tests.synthesis.test_dataset_writer import make_toy_generator, render
         plan = pd.read_parquet({str(tmp_path / "plan.parquet")!r})
         vectors = np.load({str(tmp_path / "vectors.npy")!r})
         render({str(root)!r}, plan, vectors, functools.partial(make_toy_generator, kill_at=8))

@@ -438,6 +438,67 @@ def render_dataset(
     """
     t_start = time.perf_counter()
     root = Path(out_root)
+    _check_render_settings(
+        shard_identities, batch_size, num_workers, jpeg_quality, rank, world_size
+    )
+    devices = list(devices) if devices else ["cpu"]
+    if num_workers == 0 and len(devices) > 1:
+        num_workers = len(devices)
+    layout = _ShardLayout.of(
+        plan, vectors, shard_identities, seed, batch_size, jpeg_quality, fingerprint, attrop
+    )
+
+    root.mkdir(parents=True, exist_ok=True)
+    # The dataset must not look complete while any shard may change.
+    (root / COMPLETE_MARKER).unlink(missing_ok=True)
+    if rank == 0:
+        (root / MANIFEST_NAME).unlink(missing_ok=True)
+        _remove_stale(root, layout.n_identities, layout.n_shards)
+
+    markers, skipped, todo = _partition_shards(layout, root, rank, world_size, verify_existing)
+    t_render = time.perf_counter()
+    images_rendered = _render_shards(
+        layout, todo, root, markers, make_generator, attrop, devices, num_workers,
+        threads_per_worker, progress, log,
+    )  # fmt: skip
+    render_seconds = time.perf_counter() - t_render
+
+    if world_size > 1:
+        markers = _with_other_ranks_markers(layout, root, markers)
+    manifest, image_size = pd.DataFrame(), None
+    complete = len(markers) == layout.n_shards
+    if complete:
+        manifest, image_size = _write_manifest_and_complete_marker(layout, root, markers)
+
+    report: dict[str, Any] = {
+        "images": int(len(layout.plan)),
+        "identities": layout.n_identities,
+        "shards": layout.n_shards,
+        "shards_rendered": len(todo),
+        "shards_skipped": len(skipped),
+        "images_rendered": images_rendered,
+        "seconds": time.perf_counter() - t_start,
+        "render_seconds": render_seconds,
+        "images_per_second": images_rendered / render_seconds if images_rendered else 0.0,
+        "num_workers": int(num_workers),
+        "complete": complete,
+        "image_size": image_size,
+    }
+    if complete and manifest["attrop_met"].notna().any():
+        ran = manifest["attrop_met"].dropna()
+        report["attrop_rows"] = int(len(ran))
+        report["attrop_met_rate"] = float(ran.astype(bool).mean())
+    return manifest, report
+
+
+def _check_render_settings(
+    shard_identities: int,
+    batch_size: int,
+    num_workers: int,
+    jpeg_quality: int,
+    rank: int,
+    world_size: int,
+) -> None:
     if shard_identities <= 0 or batch_size <= 0:
         raise ParameterError(
             f"shard_identities ({shard_identities}) and batch_size ({batch_size}) must be > 0"
@@ -448,85 +509,134 @@ def render_dataset(
         raise ParameterError(f"jpeg_quality must be in [1, 100], got {jpeg_quality}")
     if world_size < 1 or not 0 <= rank < world_size:
         raise ParameterError(f"need 0 <= rank < world_size, got rank {rank}, world {world_size}")
-    devices = list(devices) if devices else ["cpu"]
-    if num_workers == 0 and len(devices) > 1:
-        num_workers = len(devices)
-    vectors = np.asarray(vectors)
-    plan_sorted, order = _validate_plan(plan, vectors)
-    if not np.isfinite(vectors).all():
-        raise DataError("render vectors contain NaN or infinite values")
-    contiguous = bool(np.all(order == np.arange(len(order))))
 
-    ids = plan_sorted["identity"].to_numpy(np.int64)
-    n_identities = int(ids[-1]) + 1
-    n_shards = (n_identities + shard_identities - 1) // shard_identities
-    bounds = np.searchsorted(ids, np.arange(n_shards + 1) * shard_identities)
 
-    root.mkdir(parents=True, exist_ok=True)
-    # The dataset must not look complete while any shard may change.
-    (root / COMPLETE_MARKER).unlink(missing_ok=True)
-    if rank == 0:
-        (root / MANIFEST_NAME).unlink(missing_ok=True)
-        _remove_stale(root, n_identities, n_shards)
+@dataclass(frozen=True)
+class _ShardLayout:
+    """The plan sorted by identity and cut into shards, with what every shard's hash starts from."""
 
-    header = json.dumps(
-        {
-            "format": FORMAT_VERSION,
-            "shard_identities": shard_identities,
-            "seed": int(seed),
-            "batch_size": int(batch_size),
-            "jpeg_quality": int(jpeg_quality),
-            "fingerprint": fingerprint,
-            "vector_dtype": str(vectors.dtype),
-            "dim": int(vectors.shape[1]),
-            "editor": _editor_fingerprint(attrop),
-        },
-        sort_keys=True,
-    ).encode()
+    plan: pd.DataFrame  # sorted by (identity, index)
+    vectors: np.ndarray
+    order: np.ndarray  # plan row of each sorted row
+    contiguous: bool  # order is the identity permutation (no copy needed)
+    bounds: np.ndarray  # sorted-row bounds of shard k: [bounds[k], bounds[k + 1])
+    n_identities: int
+    n_shards: int
+    shard_identities: int
+    seed: int
+    batch_size: int
+    jpeg_quality: int
+    header: bytes
 
-    def shard_data(k: int) -> tuple[pd.DataFrame, np.ndarray, str]:
-        a, b = int(bounds[k]), int(bounds[k + 1])
-        rows = plan_sorted.iloc[a:b].reset_index(drop=True)
-        vecs = vectors[a:b] if contiguous else vectors[order[a:b]]
+    @classmethod
+    def of(
+        cls,
+        plan: pd.DataFrame,
+        vectors: np.ndarray,
+        shard_identities: int,
+        seed: int,
+        batch_size: int,
+        jpeg_quality: int,
+        fingerprint: str,
+        editor: Any,
+    ) -> _ShardLayout:
+        vectors = np.asarray(vectors)
+        plan_sorted, order = _validate_plan(plan, vectors)
+        if not np.isfinite(vectors).all():
+            raise DataError("render vectors contain NaN or infinite values")
+        ids = plan_sorted["identity"].to_numpy(np.int64)
+        n_identities = int(ids[-1]) + 1
+        n_shards = (n_identities + shard_identities - 1) // shard_identities
+        header = json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "shard_identities": shard_identities,
+                "seed": int(seed),
+                "batch_size": int(batch_size),
+                "jpeg_quality": int(jpeg_quality),
+                "fingerprint": fingerprint,
+                "vector_dtype": str(vectors.dtype),
+                "dim": int(vectors.shape[1]),
+                "editor": _editor_fingerprint(editor),
+            },
+            sort_keys=True,
+        ).encode()
+        return cls(
+            plan=plan_sorted,
+            vectors=vectors,
+            order=order,
+            contiguous=bool(np.all(order == np.arange(len(order)))),
+            bounds=np.searchsorted(ids, np.arange(n_shards + 1) * shard_identities),
+            n_identities=n_identities,
+            n_shards=n_shards,
+            shard_identities=shard_identities,
+            seed=int(seed),
+            batch_size=int(batch_size),
+            jpeg_quality=int(jpeg_quality),
+            header=header,
+        )
+
+    def shard(self, k: int) -> tuple[pd.DataFrame, np.ndarray, str]:
+        """Shard k's plan rows, vectors and hash (of the header, the rows and the vectors)."""
+        a, b = int(self.bounds[k]), int(self.bounds[k + 1])
+        rows = self.plan.iloc[a:b].reset_index(drop=True)
+        vecs = self.vectors[a:b] if self.contiguous else self.vectors[self.order[a:b]]
         vecs = np.ascontiguousarray(vecs)
-        h = hashlib.sha256(header)
+        h = hashlib.sha256(self.header)
         h.update(f"|shard:{k}|rows:{b - a}|".encode())
         _hash_rows(h, rows)
         h.update(vecs.tobytes())
         return rows, vecs, h.hexdigest()
 
-    digests: dict[int, str] = {}
+    def task(self, k: int, root: Path) -> _ShardTask:
+        rows, vecs, digest = self.shard(k)
+        lo = k * self.shard_identities
+        return _ShardTask(
+            shard=k,
+            digest=digest,
+            identities=(lo, min(self.n_identities, lo + self.shard_identities)),
+            rows=rows,
+            vectors=vecs,
+            out_root=str(root),
+            seed=self.seed,
+            batch_size=self.batch_size,
+            jpeg_quality=self.jpeg_quality,
+        )
+
+
+def _partition_shards(
+    layout: _ShardLayout, root: Path, rank: int, world_size: int, verify_existing: bool
+) -> tuple[dict[int, dict], list[int], list[int]]:
+    """This rank's shards split into those already complete (their markers) and those to render."""
     markers: dict[int, dict] = {}
     skipped: list[int] = []
     todo: list[int] = []
-    for k in range(n_shards):
-        if k % world_size != rank:
-            continue
-        _, _, digests[k] = shard_data(k)
+    for k in range(rank, layout.n_shards, world_size):
+        _, _, digest = layout.shard(k)
         marker = _read_marker(_marker_path(root, k))
-        if _marker_is_valid(root, marker, k, digests[k], verify_existing):
+        if _marker_is_valid(root, marker, k, digest, verify_existing):
             markers[k] = marker
             skipped.append(k)
         else:
             todo.append(k)
+    return markers, skipped, todo
 
-    def tasks() -> Iterator[_ShardTask]:
-        for k in todo:
-            rows, vecs, digest = shard_data(k)
-            lo = k * shard_identities
-            yield _ShardTask(
-                shard=k,
-                digest=digest,
-                identities=(lo, min(n_identities, lo + shard_identities)),
-                rows=rows,
-                vectors=vecs,
-                out_root=str(root),
-                seed=int(seed),
-                batch_size=int(batch_size),
-                jpeg_quality=int(jpeg_quality),
-            )
 
-    t_render = time.perf_counter()
+def _render_shards(
+    layout: _ShardLayout,
+    todo: list[int],
+    root: Path,
+    markers: dict[int, dict],
+    make_generator: Callable[[], Any],
+    editor: Any,
+    devices: list[str],
+    num_workers: int,
+    threads_per_worker: int | None,
+    progress: bool,
+    log: Callable[[dict, int], None] | None,
+) -> int:
+    """Render the `todo` shards (in-process or in a worker pool), adding each one's marker to
+    `markers` as it completes; returns the number of images rendered."""
     images_rendered = 0
     bar = tqdm(total=len(todo), desc="render shards", unit="shard", disable=not progress)
 
@@ -541,85 +651,73 @@ def render_dataset(
                 len(markers),
             )
 
+    tasks = (layout.task(k, root) for k in todo)
     try:
         if todo and num_workers == 0:
-            state = _build_state(make_generator, attrop, devices[0])
-            for task in tasks():
+            state = _build_state(make_generator, editor, devices[0])
+            for task in tasks:
                 done(_render_shard(task, state))
         elif todo:
             _render_in_pool(
-                tasks(),
+                tasks,
                 len(todo),
                 num_workers,
                 make_generator,
-                attrop,
+                editor,
                 devices,
                 threads_per_worker,
                 done,
             )
     finally:
         bar.close()
-    render_seconds = time.perf_counter() - t_render
+    return images_rendered
 
-    complete = False
-    manifest = pd.DataFrame()
-    all_markers = dict(markers)
-    if world_size > 1:
-        for k in range(n_shards):
-            if k not in all_markers:
-                _, _, digests[k] = shard_data(k)
-                m = _read_marker(_marker_path(root, k))
-                if _marker_is_valid(root, m, k, digests[k], False):
-                    all_markers[k] = m
-    image_size = None
-    if len(all_markers) == n_shards:
-        manifest = pd.concat(
-            [_rows_from_json(all_markers[k]["rows"]) for k in range(n_shards)], ignore_index=True
-        )
-        image_size = int(all_markers[0]["image_size"])
-        dataset_hash = hashlib.sha256(
-            "".join(all_markers[k]["hash"] for k in range(n_shards)).encode()
-        ).hexdigest()
-        write_manifest(manifest, root / MANIFEST_NAME)
-        write_text_atomic(
-            root / COMPLETE_MARKER,
-            json.dumps(
-                {
-                    "format": FORMAT_VERSION,
-                    "images": int(len(manifest)),
-                    "identities": n_identities,
-                    "shards": n_shards,
-                    "shard_identities": shard_identities,
-                    "image_size": image_size,
-                    "hash": dataset_hash,
-                    "manifest": MANIFEST_NAME,
-                    "created": datetime.now(UTC).isoformat(timespec="seconds"),
-                },
-                indent=2,
-            ),
-        )
-        complete = True
 
-    seconds = time.perf_counter() - t_start
-    report: dict[str, Any] = {
-        "images": int(len(plan_sorted)),
-        "identities": n_identities,
-        "shards": n_shards,
-        "shards_rendered": len(todo),
-        "shards_skipped": len(skipped),
-        "images_rendered": images_rendered,
-        "seconds": seconds,
-        "render_seconds": render_seconds,
-        "images_per_second": images_rendered / render_seconds if images_rendered else 0.0,
-        "num_workers": int(num_workers),
-        "complete": complete,
-        "image_size": image_size,
-    }
-    if complete and manifest["attrop_met"].notna().any():
-        ran = manifest["attrop_met"].dropna()
-        report["attrop_rows"] = int(len(ran))
-        report["attrop_met_rate"] = float(ran.astype(bool).mean())
-    return manifest, report
+def _with_other_ranks_markers(
+    layout: _ShardLayout, root: Path, markers: dict[int, dict]
+) -> dict[int, dict]:
+    """`markers` plus the valid markers other ranks have written so far."""
+    found = dict(markers)
+    for k in range(layout.n_shards):
+        if k not in found:
+            _, _, digest = layout.shard(k)
+            m = _read_marker(_marker_path(root, k))
+            if _marker_is_valid(root, m, k, digest, False):
+                found[k] = m
+    return found
+
+
+def _write_manifest_and_complete_marker(
+    layout: _ShardLayout, root: Path, markers: dict[int, dict]
+) -> tuple[pd.DataFrame, int]:
+    """Every shard is done: write the manifest, then the completion marker (last)."""
+    n_shards = layout.n_shards
+    manifest = pd.concat(
+        [_rows_from_json(markers[k]["rows"]) for k in range(n_shards)], ignore_index=True
+    )
+    image_size = int(markers[0]["image_size"])
+    dataset_hash = hashlib.sha256(
+        "".join(markers[k]["hash"] for k in range(n_shards)).encode()
+    ).hexdigest()
+    write_manifest(manifest, root / MANIFEST_NAME)
+    write_text_atomic(
+        root / COMPLETE_MARKER,
+        json.dumps(
+            {
+                "format": FORMAT_VERSION,
+                "images": int(len(manifest)),
+                "identities": layout.n_identities,
+                "shards": n_shards,
+                "shard_identities": layout.shard_identities,
+                "image_size": image_size,
+                "hash": dataset_hash,
+                "manifest": MANIFEST_NAME,
+                "created": datetime.now(UTC).isoformat(timespec="seconds"),
+            },
+            indent=2,
+        ),
+    )
+    return manifest, image_size
 
 
 def file_fingerprint(path: str | os.PathLike) -> str:
