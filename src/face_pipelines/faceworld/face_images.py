@@ -20,6 +20,8 @@ Everything is a pure function of its inputs: the per-image noise comes from the 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from face_pipelines.faceworld.identity import IDENTITY_FIELDS, identity_columns
@@ -505,21 +507,77 @@ def _background(nz: dict[str, np.ndarray], B: int, H: int, W: int) -> np.ndarray
     return pat
 
 
+@dataclass
+class _Canvas:
+    """One batch between the drawing steps: the surface each pixel shows (`sel`), the head-frame
+    point it hits (x, y, z), the albedo planes and the shading multiplier the painters edit in place."""
+
+    g: _Geometry
+    f: dict[str, np.ndarray]  # identity fields as float64
+    nz: dict[str, np.ndarray]
+    size: int
+    sel: np.ndarray
+    x: np.ndarray
+    y: np.ndarray
+    z: np.ndarray
+    skin: np.ndarray  # [B, 3] skin albedo
+    hair: np.ndarray  # [B, 3] hair albedo
+    alb: list[np.ndarray]  # albedo, one [B, H, W] plane per channel
+    ao: np.ndarray  # ambient occlusion x texture, multiplies the diffuse light
+    facef: np.ndarray  # 1 on cranium/jaw pixels
+    headskin: np.ndarray  # 1 on every skin pixel of the head
+    K: np.ndarray  # soft-edge gain: 1-pixel ramps for distances in head units
+    xa: np.ndarray  # |x|: the painters are left/right symmetric
+
+    def mix(self, rows: slice, m: np.ndarray, rgb) -> None:
+        """Blend colour `rgb` [B, 3] into the albedo rows `rows` with weight `m`."""
+        for c in range(3):
+            a = self.alb[c][:, rows]
+            d = _col(rgb[:, c]) - a
+            d *= m
+            a += d
+
+
+def _window_slice(w):
+    return (slice(None), slice(w[0], w[1]), slice(w[2], w[3]))
+
+
 def _render_batch(
     idc: dict[str, np.ndarray], nz: dict[str, np.ndarray], size: int, want_info: bool
 ):
+    """Draw one batch (see the module docstring), step by step: visibility, normals and light,
+    albedo, the painted features, shading, capture."""
     g = _Geometry(idc, nz, size)
     rc = _Raycaster(g, size)
+    t_best, sel, t_face = _visible_surfaces(g, rc, size)
+    bgm = sel == _BG
+    x, y, z = rc.head_point(np.fmin(t_best, 10.0), (0, size, 0, size))
+    lam, nh, face, flat = _normals_and_light(g, sel, t_face, x, y, z)
+    cv = _albedo(g, idc, nz, size, sel, flat, face, x, y, z)
+    del flat
+    _paint_skin_and_hair_texture(cv)
+    eyes = _paint_eyes(cv)
+    _paint_brows(cv, eyes)
+    _paint_glasses(cv, eyes)
+    _paint_nostrils(cv)
+    m_lip = _paint_mouth(cv)
+    _paint_beard(cv, m_lip)
+    _paint_moles(cv)
+    _paint_forehead_wrinkles(cv)
+    _paint_blush(cv)
+    img = _shade(cv, lam, nh, bgm)
+    images = _capture(img, nz, size)
+    info = _render_info(g, t_best, sel) if want_info else None
+    return images, info
+
+
+def _visible_surfaces(g: _Geometry, rc: _Raycaster, size: int):
+    """z-buffer: the nearest hit per pixel (t_best), its surface id (sel), and the cranium and jaw
+    hit distances (t_face) the normal blend needs."""
     B, H, W = g.B, size, size
     f32 = np.float32
-    f = {k: np.asarray(v, dtype=np.float64) for k, v in idc.items()}
     win = g.windows
-    full = (0, H, 0, W)
-
-    def sl(w):
-        return (slice(None), slice(w[0], w[1]), slice(w[2], w[3]))
-
-    # ---------------------------------------------------------------- visibility (z-buffer)
+    sl = _window_slice
     t_best = np.full((B, H, W), _FAR, dtype=f32)
     sel = np.zeros((B, H, W), dtype=np.int8)
 
@@ -556,11 +614,15 @@ def _render_batch(
             take(_HAT, t_c, win[_HAT])
         if win[_BRIM] is not None:
             take(_BRIM, rc.intersect(_BRIM, win[_BRIM])[0], win[_BRIM])
+    return t_best, sel, t_face
 
-    bgm = sel == _BG
-    x, y, z = rc.head_point(np.fmin(t_best, 10.0), full)
 
-    # ---------------------------------------------------------------- normals and light
+def _normals_and_light(g: _Geometry, sel, t_face, x, y, z):
+    """Lambert and half-vector terms per pixel from the hit surface's ellipsoid normal (blended
+    across the cranium/jaw crease); also the face mask and the per-pixel surface-table index."""
+    B = g.B
+    f32 = np.float32
+    win = g.windows
     flat = sel.astype(np.intp)
     flat += (np.arange(B, dtype=np.intp) * _N_SURF)[:, None, None]
     cen = g.centre.astype(f32)
@@ -611,8 +673,14 @@ def _render_batch(
     nh += nrm[2] * _col(g.Hv[:, 2])
     nh *= rn
     del nrm, rn
+    return lam, nh, face, flat
 
-    # ---------------------------------------------------------------- albedo per surface
+
+def _albedo(g: _Geometry, idc, nz, size: int, sel, flat, face, x, y, z) -> _Canvas:
+    """Per-surface colours (skin, hair, hat) gathered per pixel: the canvas the painters work on."""
+    B, H, W = g.B, size, size
+    f32 = np.float32
+    f = {k: np.asarray(v, dtype=np.float64) for k, v in idc.items()}
     skin = _lerp_table(_SKIN_RGB, f["skin_tone"])
     skin += np.array([0.03, 0.015, -0.05])[None] * f["skin_warmth"][:, None]
     skin += np.array([0.04, -0.02, -0.01])[None] * f["skin_redness"][:, None]
@@ -634,21 +702,43 @@ def _render_batch(
     table[:, _BRIM] = hat_rgb * 0.8
     table = table.astype(f32)
     alb = [np.take(table[:, :, c], flat) for c in range(3)]
-    del flat
     ao = np.ones((B, H, W), dtype=f32)
-
     facef = face.astype(f32)
-    headskin = facef + (sel == _NOSE) + (sel == _BRIDGE)
-    K = _col(g.px_per_unit)  # soft-edge gain: 1-pixel ramps for distances in head units
-    xa = np.abs(x)
+    return _Canvas(
+        g=g,
+        f=f,
+        nz=nz,
+        size=size,
+        sel=sel,
+        x=x,
+        y=y,
+        z=z,
+        skin=skin,
+        hair=hair,
+        alb=alb,
+        ao=ao,
+        facef=facef,
+        headskin=facef + (sel == _NOSE) + (sel == _BRIDGE),
+        K=_col(g.px_per_unit),
+        xa=np.abs(x),
+    )
 
-    def mix(rows: slice, m: np.ndarray, rgb) -> None:
-        for c in range(3):
-            a = alb[c][:, rows]
-            d = _col(rgb[:, c]) - a
-            d *= m
-            a += d
 
+def _paint_skin_and_hair_texture(cv: _Canvas) -> None:
+    g, f, sel, x, y, z, ao, xa, headskin = (
+        cv.g,
+        cv.f,
+        cv.sel,
+        cv.x,
+        cv.y,
+        cv.z,
+        cv.ao,
+        cv.xa,
+        cv.headskin,
+    )
+    win = g.windows
+    sl = _window_slice
+    f32 = np.float32
     # skin micro texture and freckles: identity-specific offsets into a shared texture
     tex = _texture()
     u = x * 41.0
@@ -690,10 +780,22 @@ def _render_batch(
         st += 1.0
         ao[hsl] *= st
 
-    r_eye = slice(int(0.2 * H), int(0.66 * H) + 1)
-    r_mouth = slice(int(0.55 * H), H)
 
-    # eyes
+def _eye_rows(size: int) -> slice:
+    H = size
+    return slice(int(0.2 * H), int(0.66 * H) + 1)
+
+
+def _mouth_rows(size: int) -> slice:
+    H = size
+    return slice(int(0.55 * H), H)
+
+
+def _paint_eyes(cv: _Canvas):
+    """Sclera, iris, pupil, lids, sockets and (age) bags; returns the eye rows' head coordinates
+    (x, y, face mask, x from the eye centre) that the brows and glasses are painted in."""
+    g, f, alb, ao, xa, y, facef = cv.g, cv.f, cv.alb, cv.ao, cv.xa, cv.y, cv.facef
+    r_eye = _eye_rows(cv.size)
     xe, ye, fe = xa[:, r_eye], y[:, r_eye], facef[:, r_eye]
     dx = xe - _col(g.ex)
     dy = ye - _col(g.ey)
@@ -741,8 +843,13 @@ def _render_batch(
     shade *= fe
     shade += 1.0
     ao[:, r_eye] *= shade
+    return xe, ye, fe, dx
 
-    # brows
+
+def _paint_brows(cv: _Canvas, eyes) -> None:
+    g, f, hair, K = cv.g, cv.f, cv.hair, cv.K
+    xe, ye, fe, dx = eyes
+    r_eye = _eye_rows(cv.size)
     bl = f["brow_length"]
     ub = dx * _col(1.0 / bl)
     ub2 = ub * ub
@@ -759,9 +866,14 @@ def _render_batch(
     m_brow *= 0.92
     brow = hair * (0.55 + 0.35 * (1.0 - f["brow_darkness"][:, None]))
     brow = brow + (np.array([0.7, 0.7, 0.7]) - brow) * (g.grey[:, None] * 0.6)
-    mix(r_eye, m_brow, brow)
+    cv.mix(r_eye, m_brow, brow)
 
-    # glasses (painted on the head surface so they turn with it)
+
+def _paint_glasses(cv: _Canvas, eyes) -> None:
+    """Glasses are painted on the head surface so they turn with it."""
+    g, f, nz, sel, ao, K = cv.g, cv.f, cv.nz, cv.sel, cv.ao, cv.K
+    xe, ye, fe, _ = eyes
+    r_eye = _eye_rows(cv.size)
     if nz["glasses"].any():
         style = f["glasses_style"].astype(int)
         gw = g.erx * np.choose(style, [1.5, 1.6, 1.75])
@@ -790,9 +902,14 @@ def _render_batch(
             np.array([0.05, 0.04, 0.04]),
             np.array([0.62, 0.56, 0.45]),
         )
-        mix(r_eye, frame, frame_rgb)
+        cv.mix(r_eye, frame, frame_rgb)
 
-    # nostrils (inside the nose window)
+
+def _paint_nostrils(cv: _Canvas) -> None:
+    """Nostrils, inside the nose window."""
+    g, f, xa, y, ao, headskin = cv.g, cv.f, cv.xa, cv.y, cv.ao, cv.headskin
+    win = g.windows
+    sl = _window_slice
     if win[_NOSE] is not None:
         nsl = sl(win[_NOSE])
         nyc = f["nose_height"] - f["nose_length"] * 0.3
@@ -809,7 +926,23 @@ def _render_batch(
         d2 += 1.0
         ao[nsl] *= d2
 
-    # mouth: lips, opening and teeth, the line between the lips
+
+def _paint_mouth(cv: _Canvas) -> np.ndarray:
+    """Lips, opening and teeth, the line between the lips, nasolabial folds (age, smile); returns
+    the lip mask (the beard stays off the lips)."""
+    g, f, nz, x, y, facef, ao, skin, K = (
+        cv.g,
+        cv.f,
+        cv.nz,
+        cv.x,
+        cv.y,
+        cv.facef,
+        cv.ao,
+        cv.skin,
+        cv.K,
+    )
+    B = g.B
+    r_mouth = _mouth_rows(cv.size)
     xm, ym, fm = x[:, r_mouth], y[:, r_mouth], facef[:, r_mouth]
     um = xm * _col(1.0 / g.mw)
     um2 = um * um
@@ -825,7 +958,7 @@ def _render_batch(
     m_lip *= fm
     lip0 = skin * np.array([0.9, 0.6, 0.6])
     lip = lip0 + (np.array([0.72, 0.22, 0.28]) - lip0) * (0.25 + 0.4 * f["lip_redness"][:, None])
-    mix(r_mouth, m_lip, lip)
+    cv.mix(r_mouth, m_lip, lip)
     line = np.abs(dym)
     line *= K * 0.9
     line = _soft(1.0 - line)
@@ -835,8 +968,8 @@ def _render_batch(
     if g.mouth_open.max() > 0:
         m_in = _soft((gap - np.abs(dym)) * K) * fm
         teeth = m_in * _soft((dym + gap * 0.1) * K)
-        mix(r_mouth, m_in, np.tile([[0.22, 0.05, 0.06]], (B, 1)))
-        mix(r_mouth, teeth, np.tile([[0.88, 0.85, 0.78]], (B, 1)))
+        cv.mix(r_mouth, m_in, np.tile([[0.22, 0.05, 0.06]], (B, 1)))
+        cv.mix(r_mouth, teeth, np.tile([[0.88, 0.85, 0.78]], (B, 1)))
     # nasolabial folds (age, smile)
     fold_w = 0.25 * g.age_w + 0.12 * nz["smile"]
     if fold_w.max() > 0:
@@ -844,8 +977,13 @@ def _render_batch(
         fold *= (ym < -0.3) & (ym > _col(g.my + 0.02))
         shade *= 1.0 - fold * fm * _col(fold_w)
     ao[:, r_mouth] *= shade
+    return m_lip
 
-    # beard
+
+def _paint_beard(cv: _Canvas, m_lip: np.ndarray) -> None:
+    g, f, nz, x, y, facef, hair, K = cv.g, cv.f, cv.nz, cv.x, cv.y, cv.facef, cv.hair, cv.K
+    r_mouth = _mouth_rows(cv.size)
+    xm, ym, fm = x[:, r_mouth], y[:, r_mouth], facef[:, r_mouth]
     if nz["beard"].any():
         bstyle = f["beard_style"].astype(int)
         top = _col(g.my + 0.07) + _col((bstyle != 1) * 0.9) * np.maximum(np.abs(xm) - 0.18, 0.0)
@@ -855,9 +993,11 @@ def _render_batch(
         m_b *= _col(dens)
         beard = hair * f["beard_darkness"][:, None]
         beard = beard + (np.array([0.75, 0.75, 0.74]) - beard) * g.grey[:, None]
-        mix(r_mouth, m_b, beard)
+        cv.mix(r_mouth, m_b, beard)
 
-    # moles
+
+def _paint_moles(cv: _Canvas) -> None:
+    f, x, y, facef, ao = cv.f, cv.x, cv.y, cv.facef, cv.ao
     for i in (1, 2):
         msz = f[f"mole{i}_size"]
         if msz.max() > 0:
@@ -869,7 +1009,11 @@ def _render_batch(
             m += 1.0
             ao *= m
 
-    # forehead wrinkles (age)
+
+def _paint_forehead_wrinkles(cv: _Canvas) -> None:
+    """Forehead wrinkles (age)."""
+    g, f, x, y, facef, ao = cv.g, cv.f, cv.x, cv.y, cv.facef, cv.ao
+    H = cv.size
     if g.age_w.max() > 0:
         r_fh = slice(0, int(0.45 * H) + 1)
         yf = y[:, r_fh]
@@ -877,7 +1021,10 @@ def _render_batch(
         region = (yf > _col(g.ey + f["brow_height"] + 0.06)) & (yf < _col(g.hair_front - 0.04))
         ao[:, r_fh] *= 1.0 - _soft((w - 0.75) * 4.0) * region * facef[:, r_fh] * _col(0.3 * g.age_w)
 
-    # blush
+
+def _paint_blush(cv: _Canvas) -> None:
+    f, xa, y, facef, alb = cv.f, cv.xa, cv.y, cv.facef, cv.alb
+    H = cv.size
     r_ch = slice(int(0.4 * H), int(0.85 * H))
     bl2 = (xa[:, r_ch] - 0.36) ** 2
     bl2 += (y[:, r_ch] + 0.22) ** 2
@@ -890,7 +1037,13 @@ def _render_batch(
     alb[1][:, r_ch] -= m_bl * 0.3
     alb[2][:, r_ch] -= m_bl * 0.25
 
-    # ---------------------------------------------------------------- shading
+
+def _shade(cv: _Canvas, lam, nh, bgm) -> np.ndarray:
+    """Wrapped Lambert + ambient (times ao), a specular lobe on skin, light colour and white
+    balance; background pixels get the background pattern. Returns float [3, B, H, W] in [0, 1]."""
+    nz, alb, ao, headskin = cv.nz, cv.alb, cv.ao, cv.headskin
+    B, H, W = cv.g.B, cv.size, cv.size
+    f32 = np.float32
     key = _col(nz["light_intensity"])
     wb = np.stack([nz["white_balance_r"], np.ones(B), nz["white_balance_b"]], -1)
     lc = np.stack([nz["light_r"], nz["light_g"], nz["light_b"]], -1) * wb
@@ -924,8 +1077,13 @@ def _render_batch(
         bgc = pat * _col(bg2[:, c] - bg1[:, c])
         bgc += _col(bg1[:, c])
         np.copyto(out, bgc, where=bgm)
+    return img
 
-    # ---------------------------------------------------------------- capture: blur, noise, 8 bit
+
+def _capture(img: np.ndarray, nz, size: int) -> np.ndarray:
+    """Lens blur, sensor noise (each image's own noise_seed) and 8-bit quantisation -> [B,H,W,3]."""
+    H = W = size
+    f32 = np.float32
     sig = np.sqrt(nz["blur"].astype(np.float64) ** 2 + 0.45**2) * (size / 64.0)
     _blur(img, sig)
     bank = _noise_bank()
@@ -937,22 +1095,25 @@ def _render_batch(
     img += 0.5
     np.clip(img, 0.0, 255.0, out=img)
     images = np.ascontiguousarray(img.astype(np.uint8).transpose(1, 2, 3, 0))
+    return images
 
-    info = None
-    if want_info:
-        lm = g.landmarks_px
-        ix = np.clip(np.rint(lm.real).astype(int), 0, W - 1)
-        iy = np.clip(np.rint(lm.imag).astype(int), 0, H - 1)
-        inside = (lm.real >= 0) & (lm.real <= W - 1) & (lm.imag >= 0) & (lm.imag <= H - 1)
-        tb = t_best[np.arange(B)[:, None], iy, ix]
-        visible = inside & (tb >= g.landmarks_t - 0.04)
-        info = {
-            "landmarks": np.stack([lm.real, lm.imag], -1).astype(np.float32),
-            "landmark_visible": visible,
-            "face_mask": (sel == _CRANIUM) | (sel == _JAW) | (sel == _NOSE) | (sel == _BRIDGE),
-            "surface": sel,
-        }
-    return images, info
+
+def _render_info(g: _Geometry, t_best, sel) -> dict:
+    """Landmarks (pixels) and their visibility, the face mask and the surface id map."""
+    B, H, W = t_best.shape
+    lm = g.landmarks_px
+    ix = np.clip(np.rint(lm.real).astype(int), 0, W - 1)
+    iy = np.clip(np.rint(lm.imag).astype(int), 0, H - 1)
+    inside = (lm.real >= 0) & (lm.real <= W - 1) & (lm.imag >= 0) & (lm.imag <= H - 1)
+    tb = t_best[np.arange(B)[:, None], iy, ix]
+    visible = inside & (tb >= g.landmarks_t - 0.04)
+    info = {
+        "landmarks": np.stack([lm.real, lm.imag], -1).astype(np.float32),
+        "landmark_visible": visible,
+        "face_mask": (sel == _CRANIUM) | (sel == _JAW) | (sel == _NOSE) | (sel == _BRIDGE),
+        "surface": sel,
+    }
+    return info
 
 
 def render_identity_images(
