@@ -17,8 +17,9 @@ import json
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -378,76 +379,14 @@ class CurveLog:
         return sorted(self.points, key=lambda p: p["epoch"])
 
 
-def train_vec2face(
-    packed_root: str | Path,
-    features: np.ndarray,
+def _vec2face_step_fn(
+    cfg: Vec2FaceTrainConfig,
     teacher: nn.Module,
-    judge: nn.Module,
-    out_dir: str | Path,
-    grids_dir: str | Path,
-    config: Vec2FaceTrainConfig,
-    device: str = "auto",
-    progress: bool = True,
-    log: Callable[[dict, int], None] | None = None,
-    pose_model: nn.Module | None = None,
-    pose_judge: nn.Module | None = None,
-) -> dict:
-    """Train G on (packed image, teacher feature) pairs; writes `<out_dir>/model.pt` (EMA weights),
-    per-epoch sample grids in `grids_dir`, and returns the report (see evaluate_generator).
-
-    `pose_model` (image -> yaw, pitch in degrees) is the pose term's model when `weights.pose` > 0;
-    the report's yaw measures use `pose_judge` when given, else `pose_model` - when that model is
-    also in the loss, the report says so (`yaw_measured_by`), since a model scored by its own
-    training signal flatters itself.
-
-    With `cfg.curve_epochs`, the full held-out evaluation also runs after those epochs; each point
-    (epoch, training seconds so far, metrics) is appended to `<out_dir>/curve.jsonl` as soon as it
-    exists, so a resumed run keeps its earlier points, and the report's `curve` lists them all.
-    """
-    cfg = config
-    device = resolve_device(device)
-    packed = PackedImages(Path(packed_root))
-    features = np.asarray(features, dtype=np.float32)
-    if len(features) != len(packed):
-        raise ValueError(f"{len(features)} features for {len(packed)} packed images")
-    torch.manual_seed(cfg.seed)
-    gen = build_generator(cfg, features.shape[1], packed.image_size).to(device)
-    ema = copy.deepcopy(gen).eval().requires_grad_(False)
-    disc = build_discriminator(cfg.discriminator_preset, num_scales=cfg.discriminator_scales)
-    disc = disc.to(device)
-    teacher = teacher.to(device).eval().requires_grad_(False)
-    judge = judge.to(device).eval().requires_grad_(False)
-    lpips = None
-    if cfg.perceptual_net == "lpips":
-        lpips = LPIPSVGG.from_paths(cfg.lpips_vgg_path, cfg.lpips_linear_path).to(device)
-
-    train_rows, held_rows = heldout_identity_split(
-        packed.labels, cfg.heldout_identities, cfg.seed, min_held=2
-    )
-    ds = PackedTargetDataset(packed, features)
-    ds.indices = train_rows
-    loader = make_loader(
-        ds, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, device=device
-    )
-    steps_per_epoch = len(loader)
-    opt_g = torch.optim.AdamW(
-        gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-    )
-    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=cfg.betas, weight_decay=0.0)
-    sched = build_scheduler(
-        opt_g,
-        "cosine",
-        total_steps=steps_per_epoch * cfg.epochs,
-        warmup_steps=int(math.ceil(cfg.warmup_epochs * steps_per_epoch)),
-    )
-    state = TrainState.create(
-        {"gen": gen, "disc": disc, "ema": ema},
-        {"gen": opt_g, "disc": opt_d},
-        {"gen": sched},
-        device=device,
-        precision=cfg.precision,
-        grad_clip=cfg.grad_clip,
-    )
+    lpips: LPIPSVGG | None,
+    pose_model: nn.Module | None,
+) -> Callable[[Any, TrainState], dict]:
+    """One optimisation step: D on detached fakes (once the GAN is on), then G on the weighted sum
+    of its terms (see the module docstring) through a frozen D, then the EMA update."""
     w = cfg.weights
 
     def step_fn(batch, st: TrainState) -> dict:
@@ -509,58 +448,228 @@ def train_vec2face(
             **metrics,
         }
 
-    held = held_rows[: cfg.eval_images]
-    held_images, held_labels = packed.get_batch(held)
-    held_feats = features[held]
-    grid_rows = held[np.unique(packed.labels[held], return_index=True)[1]][: cfg.grid_identities]
-    grid_real, _ = packed.get_batch(grid_rows)
-    new_vectors = gaussian_vectors(features[train_rows], len(grid_rows), cfg.seed)
-    grids_dir = Path(grids_dir)
-    grids_dir.mkdir(parents=True, exist_ok=True)
+    return step_fn
+
+
+def _vec2face_train_state(
+    cfg: Vec2FaceTrainConfig,
+    gen: Vec2Face,
+    disc: nn.Module,
+    ema: Vec2Face,
+    steps_per_epoch: int,
+    device: torch.device,
+) -> TrainState:
+    """AdamW for G (warm-up + half-cosine) and D (constant lr); the EMA copy rides along."""
+    opt_g = torch.optim.AdamW(
+        gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+    )
+    opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=cfg.betas, weight_decay=0.0)
+    sched = build_scheduler(
+        opt_g,
+        "cosine",
+        total_steps=steps_per_epoch * cfg.epochs,
+        warmup_steps=int(math.ceil(cfg.warmup_epochs * steps_per_epoch)),
+    )
+    return TrainState.create(
+        {"gen": gen, "disc": disc, "ema": ema},
+        {"gen": opt_g, "disc": opt_d},
+        {"gen": sched},
+        device=device,
+        precision=cfg.precision,
+        grad_clip=cfg.grad_clip,
+    )
+
+
+def _yaw_measured_by(
+    pose_judge: nn.Module | None, pose_model: nn.Module | None, pose_weight: float
+) -> str:
+    """Which model the report's yaw measures come from (a model in the loss flatters itself)."""
+    if pose_judge is not None:
+        return "independent pose judge"
+    if pose_model is not None and pose_weight > 0:
+        return "the pose model of the generator's pose term (not independent)"
+    return "the teacher pipeline's pose model (in no generator loss)"
+
+
+def _save_generator(
+    path: Path, ema: Vec2Face, features: np.ndarray, image_size: int, report: dict
+) -> None:
+    """The EMA generator as a vec2face checkpoint, with the feature statistics sampling needs."""
+    save_checkpoint(
+        path,
+        arch="vec2face",
+        config=dict(ema.config.model_dump()),
+        state_dict={k: v.detach().cpu() for k, v in ema.state_dict().items()},
+        meta={
+            "feat_dim": int(features.shape[1]),
+            "image_size": image_size,
+            "feature_mean": features.mean(0).tolist(),
+            "feature_std": features.std(0).tolist(),
+            "report": report,
+        },
+    )
+
+
+@dataclass
+class _HeldOutMonitor:
+    """What a Vec2Face run measures on identities it never trains on: after every epoch a sample
+    grid and the teacher cosine of 64 generated faces; at `curve_epochs` and at the end the full
+    evaluation (evaluate_generator), its points kept in the curve log."""
+
+    cfg: Vec2FaceTrainConfig
+    teacher: nn.Module
+    judge: nn.Module
+    lpips: LPIPSVGG | None
+    pose_eval: nn.Module | None
+    yaw_measured_by: str
+    images: np.ndarray
+    feats: np.ndarray
+    labels: np.ndarray
+    grid_real: np.ndarray
+    grid_feats: np.ndarray
+    new_vectors: np.ndarray
+    grids_dir: Path
+    curve: CurveLog
+
+    @classmethod
+    def build(
+        cls,
+        cfg: Vec2FaceTrainConfig,
+        packed: PackedImages,
+        features: np.ndarray,
+        train_rows: np.ndarray,
+        held_rows: np.ndarray,
+        models: tuple[nn.Module, nn.Module, LPIPSVGG | None],
+        device: torch.device,
+        pose_model: nn.Module | None,
+        pose_judge: nn.Module | None,
+        grids_dir: Path,
+        curve_path: Path,
+    ) -> _HeldOutMonitor:
+        teacher, judge, lpips = models
+        held = held_rows[: cfg.eval_images]
+        held_images, held_labels = packed.get_batch(held)
+        grid_rows = held[np.unique(packed.labels[held], return_index=True)[1]]
+        grid_rows = grid_rows[: cfg.grid_identities]
+        grid_real, _ = packed.get_batch(grid_rows)
+        grids_dir.mkdir(parents=True, exist_ok=True)
+        return cls(
+            cfg=cfg,
+            teacher=teacher,
+            judge=judge,
+            lpips=lpips,
+            pose_eval=pose_judge.to(device).eval() if pose_judge is not None else pose_model,
+            yaw_measured_by=_yaw_measured_by(pose_judge, pose_model, cfg.weights.pose),
+            images=held_images,
+            feats=features[held],
+            labels=held_labels,
+            grid_real=grid_real,
+            grid_feats=features[grid_rows],
+            new_vectors=gaussian_vectors(features[train_rows], len(grid_rows), cfg.seed),
+            grids_dir=grids_dir,
+            curve=CurveLog(curve_path),
+        )
+
+    def grid(self, g: Vec2Face, dev) -> np.ndarray:
+        return sample_grid(g, self.grid_real, self.grid_feats, self.new_vectors, dev, self.cfg.seed)
+
+    def evaluate(self, g: Vec2Face, dev) -> dict:
+        report = evaluate_generator(
+            g,
+            self.teacher,
+            self.judge,
+            self.images,
+            self.feats,
+            self.labels,
+            dev,
+            seed=self.cfg.seed,
+            lpips=self.lpips,
+            pose_model=self.pose_eval,
+        )
+        if self.pose_eval is not None:
+            report["yaw_measured_by"] = self.yaw_measured_by
+        return report
+
+    def epoch_end(self, st: TrainState, _metrics: dict) -> dict:
+        g = st.models["ema"]
+        done = st.epoch  # epochs completed (the engine counts the one that just ended)
+        Image.fromarray(self.grid(g, st.device)).save(self.grids_dir / f"epoch_{done:03d}.png")
+        f_small = self.feats[:64]
+        fake = generate_batched(g, f_small, st.device, seed=self.cfg.seed)
+        cos = _cos(embed_images(self.teacher, fake, st.device), f_small)
+        out = {"heldout_identity_cos": float(cos.mean())}
+        if done == 1:  # a run from scratch: points of an earlier (set-aside) run do not apply
+            self.curve.reset()
+        if done in self.cfg.curve_epochs and done < self.cfg.epochs:
+            seconds = self.curve.seconds()  # training time only: the evaluation is not charged
+            point = self.evaluate(g, st.device)
+            self.curve.add(done, seconds, point)
+            out.update({f"curve.{k}": v for k, v in point.items() if isinstance(v, float)})
+        return out
+
+
+def train_vec2face(
+    packed_root: str | Path,
+    features: np.ndarray,
+    teacher: nn.Module,
+    judge: nn.Module,
+    out_dir: str | Path,
+    grids_dir: str | Path,
+    config: Vec2FaceTrainConfig,
+    device: str = "auto",
+    progress: bool = True,
+    log: Callable[[dict, int], None] | None = None,
+    pose_model: nn.Module | None = None,
+    pose_judge: nn.Module | None = None,
+) -> dict:
+    """Train G on (packed image, teacher feature) pairs; writes `<out_dir>/model.pt` (EMA weights),
+    per-epoch sample grids in `grids_dir`, and returns the report (see evaluate_generator).
+
+    `pose_model` (image -> yaw, pitch in degrees) is the pose term's model when `weights.pose` > 0;
+    the report's yaw measures use `pose_judge` when given, else `pose_model` - when that model is
+    also in the loss, the report says so (`yaw_measured_by`), since a model scored by its own
+    training signal flatters itself.
+
+    With `cfg.curve_epochs`, the full held-out evaluation also runs after those epochs; each point
+    (epoch, training seconds so far, metrics) is appended to `<out_dir>/curve.jsonl` as soon as it
+    exists, so a resumed run keeps its earlier points, and the report's `curve` lists them all.
+    """
+    cfg = config
+    device = resolve_device(device)
+    packed = PackedImages(Path(packed_root))
+    features = np.asarray(features, dtype=np.float32)
+    if len(features) != len(packed):
+        raise ValueError(f"{len(features)} features for {len(packed)} packed images")
+    torch.manual_seed(cfg.seed)
+    gen = build_generator(cfg, features.shape[1], packed.image_size).to(device)
+    ema = copy.deepcopy(gen).eval().requires_grad_(False)
+    disc = build_discriminator(cfg.discriminator_preset, num_scales=cfg.discriminator_scales)
+    disc = disc.to(device)
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    judge = judge.to(device).eval().requires_grad_(False)
+    lpips = None
+    if cfg.perceptual_net == "lpips":
+        lpips = LPIPSVGG.from_paths(cfg.lpips_vgg_path, cfg.lpips_linear_path).to(device)
     if pose_model is not None:
         pose_model = pose_model.to(device).eval().requires_grad_(False)
     if cfg.weights.pose > 0 and pose_model is None:
         raise ValueError("vec2face.train.weights.pose > 0 needs a pose model (the teacher's)")
-    pose_eval = pose_judge.to(device).eval() if pose_judge is not None else pose_model
-    if pose_judge is not None:
-        yaw_measured_by = "independent pose judge"
-    elif pose_model is not None and cfg.weights.pose > 0:
-        yaw_measured_by = "the pose model of the generator's pose term (not independent)"
-    else:
-        yaw_measured_by = "the teacher pipeline's pose model (in no generator loss)"
-    curve = CurveLog(Path(out_dir) / "curve.jsonl")
 
-    def evaluate(g: Vec2Face, dev) -> dict:
-        return evaluate_generator(
-            g,
-            teacher,
-            judge,
-            held_images,
-            held_feats,
-            held_labels,
-            dev,
-            seed=cfg.seed,
-            lpips=lpips,
-            pose_model=pose_eval,
-        ) | ({"yaw_measured_by": yaw_measured_by} if pose_eval is not None else {})
+    train_rows, held_rows = heldout_identity_split(
+        packed.labels, cfg.heldout_identities, cfg.seed, min_held=2
+    )
+    ds = PackedTargetDataset(packed, features)
+    ds.indices = train_rows
+    loader = make_loader(
+        ds, cfg.batch_size, seed=cfg.seed, num_workers=cfg.num_workers, device=device
+    )
+    state = _vec2face_train_state(cfg, gen, disc, ema, len(loader), device)
+    step_fn = _vec2face_step_fn(cfg, teacher, lpips, pose_model)
 
-    def epoch_end(st: TrainState, _metrics: dict) -> dict:
-        g = st.models["ema"]
-        grid = sample_grid(g, grid_real, features[grid_rows], new_vectors, st.device, cfg.seed)
-        done = st.epoch  # epochs completed (the engine counts the one that just ended)
-        Image.fromarray(grid).save(grids_dir / f"epoch_{done:03d}.png")
-        f_small = held_feats[:64]
-        fake = generate_batched(g, f_small, st.device, seed=cfg.seed)
-        cos = _cos(embed_images(teacher, fake, st.device), f_small)
-        out = {"heldout_identity_cos": float(cos.mean())}
-        if done == 1:  # a run from scratch: points of an earlier (set-aside) run do not apply
-            curve.reset()
-        if done in cfg.curve_epochs and done < cfg.epochs:
-            seconds = curve.seconds()  # training time only: the evaluation is not charged
-            point = evaluate(g, st.device)
-            curve.add(done, seconds, point)
-            out.update({f"curve.{k}": v for k, v in point.items() if isinstance(v, float)})
-        return out
+    monitor = _HeldOutMonitor.build(
+        cfg, packed, features, train_rows, held_rows, (teacher, judge, lpips), device,
+        pose_model, pose_judge, Path(grids_dir), Path(out_dir) / "curve.jsonl",
+    )  # fmt: skip
 
     fit(
         step_fn,
@@ -570,7 +679,7 @@ def train_vec2face(
         checkpoint_dir=Path(out_dir) / "train_state",
         log=log,
         log_every=cfg.log_every,
-        epoch_end_fn=epoch_end,
+        epoch_end_fn=monitor.epoch_end,
         progress=progress,
         desc="train vec2face",
         # The data's content is part of the run: new teacher features or a new subset must not
@@ -581,28 +690,13 @@ def train_vec2face(
         },
     )
     ema = state.models["ema"]
-    seconds = curve.seconds()
-    report = evaluate(ema, state.device)
-    report["curve"] = curve.add(cfg.epochs, seconds, report)
-    final_grid = sample_grid(
-        ema, grid_real, features[grid_rows], new_vectors, state.device, cfg.seed
-    )
-    Image.fromarray(final_grid).save(grids_dir / "final.png")
-    save_checkpoint(
-        Path(out_dir) / "model.pt",
-        arch="vec2face",
-        config=dict(ema.config.model_dump()),
-        state_dict={k: v.detach().cpu() for k, v in ema.state_dict().items()},
-        meta={
-            "feat_dim": int(features.shape[1]),
-            "image_size": packed.image_size,
-            "feature_mean": features.mean(0).tolist(),
-            "feature_std": features.std(0).tolist(),
-            "report": report,
-        },
-    )
+    seconds = monitor.curve.seconds()
+    report = monitor.evaluate(ema, state.device)
+    report["curve"] = monitor.curve.add(cfg.epochs, seconds, report)
+    Image.fromarray(monitor.grid(ema, state.device)).save(monitor.grids_dir / "final.png")
+    _save_generator(Path(out_dir) / "model.pt", ema, features, packed.image_size, report)
     return {
         "checkpoint": str(Path(out_dir) / "model.pt"),
-        "grid": str(grids_dir / "final.png"),
+        "grid": str(monitor.grids_dir / "final.png"),
         **report,
     }
