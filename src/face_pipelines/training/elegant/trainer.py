@@ -46,47 +46,11 @@ def _eval_pairs(labels: np.ndarray, k: int, seed: int) -> list[tuple[np.ndarray,
     return pairs
 
 
-def train_elegant(
-    packed_root: str | Path,
-    labels: np.ndarray,
-    out_dir: str | Path,
-    config: ELEGANTTrainConfig,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-    log: LogFn | None = None,
-    classifier: nn.Module | None = None,
-    judge: nn.Module | None = None,
-) -> dict:
-    """Train ELEGANT on packed images with labels [N, n] (config.attributes order, aligned with the
-    packed order). Resumes from `<out_dir>/train_state/last.pt`; writes `<out_dir>/model.pt` and
-    `<out_dir>/grids/` (interpolation grids per attribute); returns the report. With a classifier /
-    judge, every epoch also scores edits of fixed real pairs (eval/<attribute>/success, judge_cos).
-    """
-    cfg = config
-    device = resolve_device(device)
-    packed = PackedImages(Path(packed_root))
-    labels = np.asarray(labels, dtype=np.float32)
-    if labels.shape != (len(packed), len(cfg.attributes)):
-        raise DataError(
-            f"labels of shape {labels.shape} for {len(packed)} packed images and "
-            f"{len(cfg.attributes)} attributes in {packed_root}"
-        )
-    model_cfg = cfg.model_config_for(packed.image_size)
-    torch.manual_seed(cfg.seed)
-    gen = ELEGANTGenerator(model_cfg).to(device)
-    disc = ELEGANTDiscriminator(model_cfg).to(device)
-    dataset = AttributePairDataset(
-        packed, labels, cfg.batch_size, cfg.steps_per_epoch * cfg.batch_size
-    )
-    loader = make_loader(
-        dataset,
-        cfg.batch_size,
-        shuffle=False,  # batch k trains attribute k mod n (pairs are still random per epoch)
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        device=device,
-    )
-    state = TrainState.create(
+def _elegant_train_state(
+    cfg: ELEGANTTrainConfig, gen: ELEGANTGenerator, disc: ELEGANTDiscriminator, device
+) -> TrainState:
+    """Adam for G, for D's adversarial heads, and for the attribute critic (its own lr)."""
+    return TrainState.create(
         {"gen": gen, "disc": disc},
         {
             "gen": torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=cfg.betas),
@@ -101,6 +65,11 @@ def train_elegant(
         precision=cfg.precision,
         grad_clip=cfg.grad_clip,
     )
+
+
+def _elegant_step_fn(cfg: ELEGANTTrainConfig):
+    """One step on a pair batch for attribute i: the critic (during its warm-up, alone), D on the
+    detached swaps, then G's reconstruction, adversarial and attribute terms through a frozen D."""
 
     def step_fn(batch, st: TrainState) -> dict:
         a_u8, b_u8, y_a, y_b, attr = batch
@@ -164,19 +133,93 @@ def train_elegant(
         terms = {k: v.detach() for k, v in {**c_terms, **d_terms, **g_terms}.items()}
         return {"loss": terms["d_loss"] + terms["g_loss"], **terms, "attribute": float(i)}
 
+    return step_fn
+
+
+def _save_interpolation_grids(
+    gen: ELEGANTGenerator,
+    packed: PackedImages,
+    pairs,
+    cfg: ELEGANTTrainConfig,
+    grids_dir: Path,
+    device,
+) -> list[str]:
+    """One exemplar interpolation grid per attribute; returns their paths."""
+    grids = []
+    for j, name in enumerate(cfg.attributes):
+        src, _ = packed.get_batch(pairs[j][0][:1])
+        ex, _ = packed.get_batch(pairs[j][1][:3])
+        grid = interpolation_grid(gen, src, ex, j, cfg.grid_steps, device)
+        path = grids_dir / f"interpolation_{name}.png"
+        Image.fromarray(grid).save(path)
+        grids.append(str(path))
+    return grids
+
+
+def _score_real_pair_edits(
+    G: ELEGANTGenerator, packed: PackedImages, pairs, attributes, classifier, judge, dev
+) -> dict:
+    """score_edits of the fixed real pairs, per attribute ('<attribute>/<measure>'); G back in
+    train mode afterwards."""
+    scores = {}
+    for j, name in enumerate(attributes):
+        src, _ = packed.get_batch(pairs[j][0])
+        ex, _ = packed.get_batch(pairs[j][1])
+        for k, v in score_edits(G, classifier, judge, src, ex, j, dev).items():
+            scores[f"{name}/{k}"] = v
+    G.train()
+    return scores
+
+
+def train_elegant(
+    packed_root: str | Path,
+    labels: np.ndarray,
+    out_dir: str | Path,
+    config: ELEGANTTrainConfig,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    log: LogFn | None = None,
+    classifier: nn.Module | None = None,
+    judge: nn.Module | None = None,
+) -> dict:
+    """Train ELEGANT on packed images with labels [N, n] (config.attributes order, aligned with the
+    packed order). Resumes from `<out_dir>/train_state/last.pt`; writes `<out_dir>/model.pt` and
+    `<out_dir>/grids/` (interpolation grids per attribute); returns the report. With a classifier /
+    judge, every epoch also scores edits of fixed real pairs (eval/<attribute>/success, judge_cos).
+    """
+    cfg = config
+    device = resolve_device(device)
+    packed = PackedImages(Path(packed_root))
+    labels = np.asarray(labels, dtype=np.float32)
+    if labels.shape != (len(packed), len(cfg.attributes)):
+        raise DataError(
+            f"labels of shape {labels.shape} for {len(packed)} packed images and "
+            f"{len(cfg.attributes)} attributes in {packed_root}"
+        )
+    model_cfg = cfg.model_config_for(packed.image_size)
+    torch.manual_seed(cfg.seed)
+    gen = ELEGANTGenerator(model_cfg).to(device)
+    disc = ELEGANTDiscriminator(model_cfg).to(device)
+    dataset = AttributePairDataset(
+        packed, labels, cfg.batch_size, cfg.steps_per_epoch * cfg.batch_size
+    )
+    loader = make_loader(
+        dataset,
+        cfg.batch_size,
+        shuffle=False,  # batch k trains attribute k mod n (pairs are still random per epoch)
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        device=device,
+    )
+    state = _elegant_train_state(cfg, gen, disc, device)
+    step_fn = _elegant_step_fn(cfg)
+
     pairs = _eval_pairs(labels, cfg.eval_pairs, cfg.seed)
     grids_dir = Path(out_dir) / "grids"
     grids_dir.mkdir(parents=True, exist_ok=True)
 
     def evaluate(G: ELEGANTGenerator, dev) -> dict:
-        scores = {}
-        for j, name in enumerate(cfg.attributes):
-            src, _ = packed.get_batch(pairs[j][0])
-            ex, _ = packed.get_batch(pairs[j][1])
-            for k, v in score_edits(G, classifier, judge, src, ex, j, dev).items():
-                scores[f"{name}/{k}"] = v
-        G.train()
-        return scores
+        return _score_real_pair_edits(G, packed, pairs, cfg.attributes, classifier, judge, dev)
 
     def epoch_end(st: TrainState, _metrics: dict) -> dict:
         return {f"eval/{k}": v for k, v in evaluate(st.models["gen"], st.device).items()}
@@ -200,14 +243,7 @@ def train_elegant(
     gen.eval()
     scores = evaluate(gen, state.device)
     gen.eval()
-    grids = []
-    for j, name in enumerate(cfg.attributes):
-        src, _ = packed.get_batch(pairs[j][0][:1])
-        ex, _ = packed.get_batch(pairs[j][1][:3])
-        grid = interpolation_grid(gen, src, ex, j, cfg.grid_steps, state.device)
-        path = grids_dir / f"interpolation_{name}.png"
-        Image.fromarray(grid).save(path)
-        grids.append(str(path))
+    grids = _save_interpolation_grids(gen, packed, pairs, cfg, grids_dir, state.device)
     report = {
         "checkpoint": str(Path(out_dir) / "model.pt"),
         "attributes": list(cfg.attributes),
@@ -223,6 +259,6 @@ def train_elegant(
         arch=ELEGANT_ARCH,
         config=model_cfg.model_dump(),
         state_dict={k: v.detach().cpu() for k, v in gen.state_dict().items()},
-        meta={"attributes": list(cfg.attributes), "edits_of_real_pairs": scores},
+        meta={"attributes": report["attributes"], "edits_of_real_pairs": scores},
     )
     return report
