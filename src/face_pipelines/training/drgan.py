@@ -321,47 +321,17 @@ def even_rows(labels: np.ndarray, k: int) -> np.ndarray:
     return first[pick]
 
 
-def train_drgan(
-    packed_root: str | Path,
-    yaw_labels_deg: np.ndarray,
-    out_dir: str | Path,
-    config: DRGANTrainConfig,
-    device: str | torch.device = "auto",
-    progress: bool = True,
-    log: Callable[[dict, int], None] | None = None,
-) -> dict:
-    """Train DR-GAN on packed images with per-image yaw labels (degrees, aligned with the packed
-    order). Resumes from `<out_dir>/train_state/last.pt`; writes `<out_dir>/model.pt` (generator),
-    `<out_dir>/grids/epoch_NNN.png` and `final.png`, and returns the report."""
-    cfg = config
-    device = resolve_device(device)
-    packed = PackedImages(Path(packed_root))
-    yaw = np.asarray(yaw_labels_deg, dtype=np.float64).reshape(-1)
-    if len(yaw) != len(packed):
-        raise DataError(f"{len(yaw)} yaw labels for {len(packed)} packed images in {packed_root}")
-    model_cfg = cfg.model_config_for(packed.image_size)
-    np_ = model_cfg.num_pose_bins
-    bins = yaw_to_pose_bin(yaw, np_, cfg.yaw_min_deg, cfg.yaw_max_deg)
-    pose_class_weights = None
-    if cfg.balance_pose_bins:
-        counts = np.bincount(bins, minlength=np_).astype(np.float64)
-        w = np.where(counts > 0, counts.sum() / (np_ * np.maximum(counts, 1)), 0.0)
-        pose_class_weights = torch.tensor(w, dtype=torch.float32, device=device)
-    n = cfg.images_per_identity if model_cfg.multi_image else 1
+def _pose_class_weights(bins: np.ndarray, num_bins: int, device) -> torch.Tensor:
+    """Inverse bin frequency (the rare profile bins count as much as the frontal ones)."""
+    counts = np.bincount(bins, minlength=num_bins).astype(np.float64)
+    w = np.where(counts > 0, counts.sum() / (num_bins * np.maximum(counts, 1)), 0.0)
+    return torch.tensor(w, dtype=torch.float32, device=device)
 
-    torch.manual_seed(cfg.seed)
-    gen = DRGANGenerator(model_cfg).to(device)
-    disc = DRGANDiscriminator(model_cfg, packed.num_classes).to(device)
-    # channels_last where it pays (CUDA; on CPU only for nets without thin convs, i.e. D).
-    channels_last = maybe_channels_last(disc, device) | maybe_channels_last(gen, device)
-    loader = make_loader(
-        PackedPoseDataset(packed, bins, n),
-        cfg.batch_size,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        device=device,
-    )
-    state = TrainState.create(
+
+def _drgan_train_state(
+    cfg: DRGANTrainConfig, gen: DRGANGenerator, disc: DRGANDiscriminator, device
+) -> TrainState:
+    return TrainState.create(
         {"gen": gen, "disc": disc},
         {
             "gen": torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=cfg.betas),
@@ -371,6 +341,17 @@ def train_drgan(
         precision=cfg.precision,
         grad_clip=cfg.grad_clip,
     )
+
+
+def _drgan_step_fn(
+    cfg: DRGANTrainConfig,
+    n: int,
+    np_: int,
+    pose_class_weights: torch.Tensor | None,
+    channels_last: bool,
+):
+    """One step (see the module docstring): D on real and detached generated images, then G
+    through a frozen D; `n` images per identity (multi-image), `np_` pose bins."""
 
     def step_fn(batch, st: TrainState) -> dict:
         images, y_id, y_pose = batch
@@ -409,6 +390,67 @@ def train_drgan(
             "generated_identity_acc": _accuracy(fake_id.detach(), source_id),
             "generated_detected": _accuracy(fake_id.detach(), D.fake_class),
         }
+
+    return step_fn
+
+
+def _save_generator(
+    gen: DRGANGenerator, model_cfg: DRGANConfig, cfg: DRGANTrainConfig, report: dict
+) -> None:
+    """The generator as a drgan checkpoint; meta keeps the pose bins and the report."""
+    save_checkpoint(
+        report["checkpoint"],
+        arch=DRGAN_ARCH,
+        config=model_cfg.model_dump(),
+        state_dict={k: v.detach().cpu() for k, v in gen.state_dict().items()},
+        meta={
+            "num_identities": report["identities"],
+            "pose_bin_centres_deg": list(report["pose_bin_centres_deg"]),
+            "yaw_min_deg": cfg.yaw_min_deg,
+            "yaw_max_deg": cfg.yaw_max_deg,
+            "report": {k: v for k, v in report.items() if k != "final_epoch"},
+        },
+    )
+
+
+def train_drgan(
+    packed_root: str | Path,
+    yaw_labels_deg: np.ndarray,
+    out_dir: str | Path,
+    config: DRGANTrainConfig,
+    device: str | torch.device = "auto",
+    progress: bool = True,
+    log: Callable[[dict, int], None] | None = None,
+) -> dict:
+    """Train DR-GAN on packed images with per-image yaw labels (degrees, aligned with the packed
+    order). Resumes from `<out_dir>/train_state/last.pt`; writes `<out_dir>/model.pt` (generator),
+    `<out_dir>/grids/epoch_NNN.png` and `final.png`, and returns the report."""
+    cfg = config
+    device = resolve_device(device)
+    packed = PackedImages(Path(packed_root))
+    yaw = np.asarray(yaw_labels_deg, dtype=np.float64).reshape(-1)
+    if len(yaw) != len(packed):
+        raise DataError(f"{len(yaw)} yaw labels for {len(packed)} packed images in {packed_root}")
+    model_cfg = cfg.model_config_for(packed.image_size)
+    np_ = model_cfg.num_pose_bins
+    bins = yaw_to_pose_bin(yaw, np_, cfg.yaw_min_deg, cfg.yaw_max_deg)
+    pose_class_weights = _pose_class_weights(bins, np_, device) if cfg.balance_pose_bins else None
+    n = cfg.images_per_identity if model_cfg.multi_image else 1
+
+    torch.manual_seed(cfg.seed)
+    gen = DRGANGenerator(model_cfg).to(device)
+    disc = DRGANDiscriminator(model_cfg, packed.num_classes).to(device)
+    # channels_last where it pays (CUDA; on CPU only for nets without thin convs, i.e. D).
+    channels_last = maybe_channels_last(disc, device) | maybe_channels_last(gen, device)
+    loader = make_loader(
+        PackedPoseDataset(packed, bins, n),
+        cfg.batch_size,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        device=device,
+    )
+    state = _drgan_train_state(cfg, gen, disc, device)
+    step_fn = _drgan_step_fn(cfg, n, np_, pose_class_weights, channels_last)
 
     eval_rows = even_rows(packed.labels, cfg.eval_images)
     eval_u8, eval_ids = packed.get_batch(eval_rows)
@@ -459,19 +501,7 @@ def train_drgan(
         "final_epoch": dict(history[-1]) if history else {},
         **scores,
     }
-    save_checkpoint(
-        report["checkpoint"],
-        arch=DRGAN_ARCH,
-        config=model_cfg.model_dump(),
-        state_dict={k: v.detach().cpu() for k, v in gen.state_dict().items()},
-        meta={
-            "num_identities": int(packed.num_classes),
-            "pose_bin_centres_deg": centres.tolist(),
-            "yaw_min_deg": cfg.yaw_min_deg,
-            "yaw_max_deg": cfg.yaw_max_deg,
-            "report": {k: v for k, v in report.items() if k != "final_epoch"},
-        },
-    )
+    _save_generator(gen, model_cfg, cfg, report)
     return report
 
 
