@@ -155,8 +155,18 @@ class _Geometry:
     def __init__(self, idc: dict[str, np.ndarray], nz: dict[str, np.ndarray], size: int):
         f = {k: np.asarray(v, dtype=np.float64) for k, v in idc.items()}
         n = {k: np.asarray(v, dtype=np.float64) for k, v in nz.items()}
-        B = len(n["yaw"])
-        self.B = B
+        self.B = len(n["yaw"])
+        mouth_wf, eye_f, sag, youth, recession = self._expression_and_age(f, n, nz)
+        self._eyes_and_mouth(f, mouth_wf, eye_f)
+        face_z = self._surfaces(f, nz, sag, youth)
+        self._hairline(f, recession)
+        self._landmarks(f, face_z)
+        self._pose_and_alignment(n, size)
+        self._rays()
+        self._light(n)
+
+    def _expression_and_age(self, f, n, nz):
+        """Expression and age deformations; returns the factors the later steps scale by."""
         expr = nz["expression"].astype(int)
         it = n["expression_intensity"]
         # expression -> face deformations (neutral, smile, laugh, surprise, frown)
@@ -177,9 +187,9 @@ class _Geometry:
         sag = 0.03 * np.clip((age - 40.0) / 40.0, 0.0, 1.0)
         youth = np.clip((25.0 - age) / 10.0, 0.0, 1.0)
         recession = f["hair_recession"] * np.clip((age - 22.0) / 45.0, 0.0, 1.0) * 0.3
+        return mouth_wf, eye_f, sag, youth, recession
 
-        hw, hh, hd = f["head_width"], f["head_height"], f["head_depth"]
-        cheek = f["cheek_fullness"] * 0.02 + 0.02 * youth
+    def _eyes_and_mouth(self, f, mouth_wf, eye_f) -> None:
         jaw_drop = self.mouth_open * 0.9
         self.ex, self.ey = f["eye_spacing"], f["eye_height"]
         self.erx = f["eye_width"]
@@ -188,6 +198,13 @@ class _Geometry:
         self.mw = f["mouth_width"] * mouth_wf
         self.my = f["mouth_height"] - jaw_drop * 0.5
 
+    def _surfaces(self, f, nz, sag, youth):
+        """Centre and semi-axes of every ellipsoid (a disabled surface sits far away), and which
+        surfaces each image has; returns the face's depth function face_z(x, y)."""
+        B = self.B
+        hw, hh, hd = f["head_width"], f["head_height"], f["head_depth"]
+        cheek = f["cheek_fullness"] * 0.02 + 0.02 * youth
+        jaw_drop = self.mouth_open * 0.9
         centre = np.zeros((B, _N_SURF, 3))
         axes = np.ones((B, _N_SURF, 3))
         far = np.array([0.0, 100.0, 0.0])
@@ -237,6 +254,7 @@ class _Geometry:
         put(_NECK, (z0, z0 - 1.55, z0 - 0.12), (0.42 * hw / 0.72, z0 + 1.1, z0 + 0.42))
         vol = f["hair_volume"]
         long_hair = f["hair_long"] > 0.5
+        self.long_hair = long_hair
         drop = np.where(long_hair, 0.55, 0.0)
         put(
             _HAIR,
@@ -255,7 +273,16 @@ class _Geometry:
         centre[:, _BRIM] = np.where(cap[:, None], brim_c, far)
         axes[:, _BRIM] = np.stack((z0 + 0.5, z0 + 0.03, z0 + 0.42), -1)
         self.centre, self.axes = centre, axes
+        enabled = np.ones((B, _N_SURF), dtype=bool)
+        enabled[:, _BG] = False
+        enabled[:, _HAIR_BACK] = long_hair
+        enabled[:, _HAT] = hat
+        enabled[:, _BRIM] = cap
+        self.enabled = enabled
+        return face_z
 
+    def _hairline(self, f, recession) -> None:
+        long_hair = self.long_hair
         # hairline (head-frame y) at the front, sides and back; crown baldness
         self.hair_front = f["hair_front"] + recession
         self.hair_side = np.where(long_hair, -3.0, f["hair_side"] + 0.5 * recession)
@@ -263,8 +290,10 @@ class _Geometry:
         self.hair_rec = f["hair_recession"] * 0.6 + recession * 2.0
         self.hair_tilt = 0.2 * f["hair_part"]
         self.hair_crown = f["hair_crown"] - 0.5 * recession
-        self.long_hair = long_hair
 
+    def _landmarks(self, f, face_z) -> None:
+        B, centre, axes = self.B, self.centre, self.axes
+        z0, ny = np.zeros(B), f["nose_height"]
         # landmarks on the 3-D head
         ex, ey = self.ex, self.ey
         mcx = self.mw * 1.0
@@ -277,6 +306,10 @@ class _Geometry:
         lm[:, 4] = np.stack((mcx, mcy, face_z(mcx, mcy)), -1)
         self.landmarks_head = lm
 
+    def _pose_and_alignment(self, n, size: int) -> None:
+        """Rotate the head, fit the similarity onto the 5-point template and perturb it like a
+        detector would; sets the pixel windows of the surfaces and the landmarks in pixels."""
+        lm = self.landmarks_head
         # pose and alignment
         R = _rotation(n["yaw"], n["pitch"], n["roll"])
         self.R = R
@@ -293,16 +326,13 @@ class _Geometry:
         a, b = k * a, c0 + k * (b - c0) + shift
         self.a, self.b = a, b
         self.px_per_unit = np.abs(a)
-        enabled = np.ones((B, _N_SURF), dtype=bool)
-        enabled[:, _BG] = False
-        enabled[:, _HAIR_BACK] = long_hair
-        enabled[:, _HAT] = hat
-        enabled[:, _BRIM] = cap
-        self.enabled = enabled
         self.windows = self._windows(size)
         self.landmarks_px = a[:, None] * src + b[:, None]
         self.landmarks_t = _CAM_Z - cam[..., 2]
 
+    def _rays(self) -> None:
+        B, a, b, R = self.B, self.a, self.b, self.R
+        z0 = np.zeros(B)
         # pixel (px, py) -> ray origin in camera frame, then in head frame
         ia = 1.0 / a
         cc = -b / a
@@ -316,6 +346,8 @@ class _Geometry:
         self.Hy = np.einsum("bij,bj->bi", Rt, c_y)
         self.d = -R[:, 2, :]  # R^T (0, 0, -1)
 
+    def _light(self, n) -> None:
+        R = self.R
         # light in head frame, half vector for specular
         az, el = np.deg2rad(n["light_azimuth"]), np.deg2rad(n["light_elevation"])
         L_cam = np.stack((np.sin(az) * np.cos(el), np.sin(el), np.cos(az) * np.cos(el)), -1)
