@@ -225,27 +225,17 @@ def _make_step_fn(cfg: RecognizerConfig, channels_last: bool, pose_model: nn.Mod
     return step_fn
 
 
-def _train_worker(
-    packed_root: str,
-    out_dir: str,
-    cfg_dict: dict,
-    device_spec: str,
-    progress: bool,
-    log: Callable | None,
-) -> dict:
-    cfg = RecognizerConfig.model_validate(cfg_dict)
-    info = world_info()
-    device_spec = resolve_device(device_spec)
-    packed = open_image_set(packed_root)  # packed, or JPEGs decoded in the loader workers
-    data_fingerprint = packed.fingerprint()
-    skip_log_dir = Path(out_dir) / "skipped_images" / data_fingerprint
+def _build_recognizer_net(
+    cfg: RecognizerConfig, image_size: int, num_classes: int
+) -> tuple[RecognizerNet, nn.Module | None]:
+    """Backbone + margin head (+ the pose-retention head and its frozen pose model), seeded."""
     torch.manual_seed(cfg.seed)
-    backbone = build_backbone(cfg.arch, **cfg.backbone_args(packed.image_size))
+    backbone = build_backbone(cfg.arch, **cfg.backbone_args(image_size))
     m = {} if cfg.m is None else {"m": cfg.m}
     head = build_head(
         cfg.head_name(),
         cfg.embedding_dim,
-        packed.num_classes,
+        num_classes,
         s=cfg.s,
         sample_rate=cfg.sample_rate,
         shard_classes=False,
@@ -263,18 +253,14 @@ def _train_worker(
         for p in pose_model.parameters():
             p.requires_grad_(False)
         pose_head = nn.Linear(cfg.embedding_dim, 2)
-    net = RecognizerNet(backbone, head, pose_head)
-    aug = AugmentationConfig(**cfg.augment.model_dump())
-    dataset = face_dataset(packed, augmentation=aug, skip_log_dir=skip_log_dir)
-    loader = make_loader(
-        dataset,
-        cfg.batch_size,
-        shuffle=True,
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        device=device_spec,
-    )
-    steps_per_epoch = max(1, len(loader) // cfg.grad_accum_steps)
+    return RecognizerNet(backbone, head, pose_head), pose_model
+
+
+def _recognizer_train_state(
+    cfg: RecognizerConfig, net: RecognizerNet, batches_per_epoch: int, device
+) -> TrainState:
+    """SGD with weight decay off BN/bias/PReLU, the configured schedule over optimizer steps."""
+    steps_per_epoch = max(1, batches_per_epoch // cfg.grad_accum_steps)
     total = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.SGD(
         _param_groups(net, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum
@@ -287,15 +273,73 @@ def _train_worker(
         milestones=cfg.milestones,  # epochs: the schedule divides steps by steps_per_epoch
         steps_per_epoch=steps_per_epoch,
     )
-    state = TrainState.create(
+    return TrainState.create(
         net,
         optimizer,
         scheduler,
-        device=device_spec,
+        device=device,
         precision=cfg.precision,
         grad_clip=cfg.grad_clip,
         grad_accum_steps=cfg.grad_accum_steps,
     )
+
+
+def _save_backbone(
+    path: Path, model: nn.Module, cfg: RecognizerConfig, packed, packed_root
+) -> None:
+    """The trained backbone (unwrapped from DDP / torch.compile) as a recognizer checkpoint."""
+    bb = unwrap_model(model).backbone
+    bb = getattr(bb, "_orig_mod", bb)
+    save_checkpoint(
+        path,
+        arch=cfg.arch,
+        config=cfg.backbone_args(packed.image_size),
+        state_dict={k: v.detach().cpu() for k, v in bb.state_dict().items()},
+        meta={
+            "image_size": packed.image_size,
+            "num_classes": packed.num_classes,
+            "method": cfg.method,
+            "epochs": cfg.epochs,
+            "trained_on": str(packed_root),
+        },
+    )
+
+
+def _warn_skipped(skips: dict, packed_root) -> None:
+    logging.getLogger(__name__).warning(
+        "%d training image(s) of %s could not be decoded and were skipped, e.g. %s",
+        skips["skipped"],
+        packed_root,
+        skips["items"][0]["error"],
+    )
+
+
+def _train_worker(
+    packed_root: str,
+    out_dir: str,
+    cfg_dict: dict,
+    device_spec: str,
+    progress: bool,
+    log: Callable | None,
+) -> dict:
+    cfg = RecognizerConfig.model_validate(cfg_dict)
+    info = world_info()
+    device_spec = resolve_device(device_spec)
+    packed = open_image_set(packed_root)  # packed, or JPEGs decoded in the loader workers
+    data_fingerprint = packed.fingerprint()
+    skip_log_dir = Path(out_dir) / "skipped_images" / data_fingerprint
+    net, pose_model = _build_recognizer_net(cfg, packed.image_size, packed.num_classes)
+    aug = AugmentationConfig(**cfg.augment.model_dump())
+    dataset = face_dataset(packed, augmentation=aug, skip_log_dir=skip_log_dir)
+    loader = make_loader(
+        dataset,
+        cfg.batch_size,
+        shuffle=True,
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        device=device_spec,
+    )
+    state = _recognizer_train_state(cfg, net, len(loader), device_spec)
     net.to(state.device)
     if pose_model is not None:
         pose_model.to(state.device)
@@ -318,30 +362,11 @@ def _train_worker(
     )
     final = Path(out_dir) / "model.pt"
     if info.rank == 0:
-        bb = unwrap_model(state.models["model"]).backbone
-        bb = getattr(bb, "_orig_mod", bb)
-        save_checkpoint(
-            final,
-            arch=cfg.arch,
-            config=cfg.backbone_args(packed.image_size),
-            state_dict={k: v.detach().cpu() for k, v in bb.state_dict().items()},
-            meta={
-                "image_size": packed.image_size,
-                "num_classes": packed.num_classes,
-                "method": cfg.method,
-                "epochs": cfg.epochs,
-                "trained_on": str(packed_root),
-            },
-        )
+        _save_backbone(final, state.models["model"], cfg, packed, packed_root)
     last = history[-1] if history else {}
     skips = read_skip_log(skip_log_dir)
     if skips["skipped"]:
-        logging.getLogger(__name__).warning(
-            "%d training image(s) of %s could not be decoded and were skipped, e.g. %s",
-            skips["skipped"],
-            packed_root,
-            skips["items"][0]["error"],
-        )
+        _warn_skipped(skips, packed_root)
     return {
         "checkpoint": str(final),
         "epochs": cfg.epochs,
