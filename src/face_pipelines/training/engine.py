@@ -51,7 +51,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -495,6 +495,10 @@ def fit(
     Raises:
         NonFiniteLossError: a loss became NaN/inf (the weights were not updated with it; the last
             checkpoint on disk is the last good one).
+
+    The epoch and batch loops stay one function (about 90 lines): resume, accumulation windows,
+    logging, mid-epoch and end-of-epoch checkpoints read in the order they happen, as the module
+    docstring lists them.
     """
     info = world_info()
     rank0 = info.rank == 0
@@ -504,33 +508,15 @@ def fit(
         source = _run_source(step_fn, state, loader)
         run_config[SOURCE_KEY] = {"digest": source.digest, "files": source.files}
     if ckpt_path is not None and ckpt_path.exists():
-        reason = _stale_reason(ckpt_path, run_config)
-        if reason:
-            stale = ckpt_path.with_name(f"stale-{time.strftime('%Y%m%dT%H%M%S')}.pt")
-            if rank0:
-                ckpt_path.replace(stale)
-                log_warning(f"{reason}; moved it to {stale.name} and starting from scratch")
-            barrier()
-        else:
-            load_train_state(state, ckpt_path, loader)
-    sampler = getattr(loader, "sampler", None)
-    resumable_sampler = isinstance(sampler, EpochSampler) and getattr(loader, "batch_size", None)
+        _resume_or_set_aside(state, ckpt_path, run_config, loader, rank0)
     num_batches = len(loader)
     history: list[dict[str, float]] = []
 
     for epoch in range(state.epoch, epochs):
         state.epoch = epoch
         skip = state.batch_in_epoch
-        if resumable_sampler:
-            sampler.set_epoch(epoch)
-            sampler.set_start(skip * loader.batch_size)
-        elif hasattr(sampler, "set_epoch"):
-            sampler.set_epoch(epoch)
-        batches = iter(loader)
-        if skip and not resumable_sampler:
-            batches = itertools.islice(batches, skip, None)
         bar = tqdm(
-            batches,
+            _epoch_batches(loader, epoch, skip),
             total=num_batches,
             initial=skip,
             desc=f"{desc} {epoch + 1}/{epochs}",
@@ -540,8 +526,7 @@ def fit(
         )
         epoch_start = time.perf_counter()
         epoch_images = 0
-        window_sums: dict[str, float] = {}
-        window_batches, window_images, window_start = 0, 0, time.perf_counter()
+        window = _LogWindow()
 
         for batch in bar:
             state._begin_batch(num_batches)
@@ -553,12 +538,10 @@ def fit(
                 raise ParameterError("step_fn must return a dict with a 'loss' entry")
             if not math.isfinite(values["loss"]):
                 raise NonFiniteLossError(state.step, epoch, values["loss"])
-            for k, v in values.items():
-                window_sums[k] = window_sums.get(k, 0.0) + v
-                state.epoch_sums[k] = state.epoch_sums.get(k, 0.0) + v
             n_images = _batch_size(batch)
-            window_batches += 1
-            window_images += n_images
+            window.add(values, n_images)
+            for k, v in values.items():
+                state.epoch_sums[k] = state.epoch_sums.get(k, 0.0) + v
             epoch_images += n_images
             state.epoch_batches += 1
             state.batch_in_epoch += 1
@@ -567,15 +550,10 @@ def fit(
             state._end_window()
 
             if state.step % log_every == 0:
-                elapsed = max(time.perf_counter() - window_start, 1e-9)
-                metrics = {k: v / window_batches for k, v in window_sums.items()}
-                metrics.update(lrs_used)
-                metrics["images_per_s"] = window_images * info.world_size / elapsed
+                metrics = window.flush(lrs_used, info.world_size)
                 if rank0 and log is not None:
                     log(metrics, state.step)
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", refresh=False)
-                window_sums, window_batches, window_images = {}, 0, 0
-                window_start = time.perf_counter()
             if (
                 ckpt_path is not None
                 and checkpoint_every_steps
@@ -586,28 +564,103 @@ def fit(
         bar.close()
 
         epoch_time = time.perf_counter() - epoch_start
-        keys = sorted(state.epoch_sums)
-        local_means = torch.tensor(
-            [state.epoch_sums[k] / max(state.epoch_batches, 1) for k in keys],
-            dtype=torch.float64,
-            device=state.device if state.device.type == "cuda" else "cpu",  # NCCL needs CUDA
-        )
-        means = all_reduce_mean(local_means).tolist()
-        epoch_metrics = {f"epoch/{k}": v for k, v in zip(keys, means, strict=True)}
+        epoch_metrics = _epoch_means(state)
         epoch_metrics["epoch/images_per_s"] = epoch_images * info.world_size / max(epoch_time, 1e-9)
         epoch_metrics["epoch/time_s"] = epoch_time
         state.epoch, state.batch_in_epoch = epoch + 1, 0
         state.epoch_sums, state.epoch_batches = {}, 0
         if ckpt_path is not None:
-            save_train_state(state, ckpt_path, loader, run_config)
-            if keep_every_epochs and state.epoch % keep_every_epochs == 0 and rank0:
-                _copy_checkpoint(ckpt_path, ckpt_path.with_name(f"epoch_{state.epoch:04d}.pt"))
+            _checkpoint_epoch(state, ckpt_path, loader, run_config, keep_every_epochs, rank0)
         if epoch_end_fn is not None:
             epoch_metrics.update(epoch_end_fn(state, dict(epoch_metrics)) or {})
         if rank0 and log is not None:
             log(epoch_metrics, state.epoch)
         history.append(epoch_metrics)
     return history
+
+
+@dataclass
+class _LogWindow:
+    """Metric sums of the batches since the last per-step log."""
+
+    sums: dict[str, float] = field(default_factory=dict)
+    batches: int = 0
+    images: int = 0
+    start: float = field(default_factory=time.perf_counter)
+
+    def add(self, values: Mapping[str, float], n_images: int) -> None:
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.batches += 1
+        self.images += n_images
+
+    def flush(self, lrs: Mapping[str, float], world_size: int) -> dict[str, float]:
+        """The window's means, the learning rates used and the throughput; starts a new window."""
+        elapsed = max(time.perf_counter() - self.start, 1e-9)
+        metrics = {k: v / self.batches for k, v in self.sums.items()}
+        metrics.update(lrs)
+        metrics["images_per_s"] = self.images * world_size / elapsed
+        self.sums, self.batches, self.images = {}, 0, 0
+        self.start = time.perf_counter()
+        return metrics
+
+
+def _checkpoint_epoch(
+    state: TrainState,
+    ckpt_path: Path,
+    loader: Any,
+    run_config: dict,
+    keep_every_epochs: int | None,
+    rank0: bool,
+) -> None:
+    """last.pt after an epoch, plus a kept copy epoch_<n>.pt every `keep_every_epochs` epochs."""
+    save_train_state(state, ckpt_path, loader, run_config)
+    if keep_every_epochs and state.epoch % keep_every_epochs == 0 and rank0:
+        _copy_checkpoint(ckpt_path, ckpt_path.with_name(f"epoch_{state.epoch:04d}.pt"))
+
+
+def _resume_or_set_aside(
+    state: TrainState, ckpt_path: Path, run_config: dict, loader: Any, rank0: bool
+) -> None:
+    """Resume from `ckpt_path`, or - written by another configuration, data or code - move it
+    aside as stale-<time>.pt, say why, and leave `state` fresh."""
+    reason = _stale_reason(ckpt_path, run_config)
+    if reason:
+        stale = ckpt_path.with_name(f"stale-{time.strftime('%Y%m%dT%H%M%S')}.pt")
+        if rank0:
+            ckpt_path.replace(stale)
+            log_warning(f"{reason}; moved it to {stale.name} and starting from scratch")
+        barrier()
+    else:
+        load_train_state(state, ckpt_path, loader)
+
+
+def _epoch_batches(loader: Any, epoch: int, skip: int) -> Iterator[Any]:
+    """This epoch's batches from the `skip`-th on: a resumable EpochSampler starts there itself
+    (no batch is loaded twice); any other loader is iterated past the skipped ones."""
+    sampler = getattr(loader, "sampler", None)
+    resumable_sampler = isinstance(sampler, EpochSampler) and getattr(loader, "batch_size", None)
+    if resumable_sampler:
+        sampler.set_epoch(epoch)
+        sampler.set_start(skip * loader.batch_size)
+    elif hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+    batches = iter(loader)
+    if skip and not resumable_sampler:
+        batches = itertools.islice(batches, skip, None)
+    return batches
+
+
+def _epoch_means(state: TrainState) -> dict[str, float]:
+    """The epoch's metric means over every rank ('epoch/<name>')."""
+    keys = sorted(state.epoch_sums)
+    local_means = torch.tensor(
+        [state.epoch_sums[k] / max(state.epoch_batches, 1) for k in keys],
+        dtype=torch.float64,
+        device=state.device if state.device.type == "cuda" else "cpu",  # NCCL needs CUDA
+    )
+    means = all_reduce_mean(local_means).tolist()
+    return {f"epoch/{k}": v for k, v in zip(keys, means, strict=True)}
 
 
 def _run_source(step_fn: StepFn, state: TrainState, loader: Any) -> SourceDigest:
