@@ -302,6 +302,94 @@ def calibrate_threshold(
 # ----------------------------------------------------------------------------- sampling
 
 
+def _checked_sampling_args(
+    n, threshold, candidates_per_round, max_rounds, block_size
+) -> tuple[int, float, int, int]:
+    """(n, threshold, candidates per round, block size), or a ParameterError naming the argument."""
+    n = int(n)
+    if n < 1:
+        raise ParameterError(f"n: expected at least 1 identity centre to sample, got {n}")
+    threshold = float(threshold)
+    if not -1.0 < threshold <= 1.0:
+        raise ParameterError(f"threshold: a cosine threshold must lie in (-1, 1], got {threshold}")
+    per_round = int(candidates_per_round or max(1024, min(n, 65536)))
+    if per_round < 1:
+        raise ParameterError(f"candidates_per_round: expected >= 1, got {candidates_per_round}")
+    if int(max_rounds) < 1:
+        raise ParameterError(f"max_rounds: expected >= 1, got {max_rounds}")
+    if int(block_size) < 1:
+        raise ParameterError(f"block_size: expected a positive integer, got {block_size!r}")
+    return n, threshold, per_round, int(block_size)
+
+
+def _checked_leakage_threshold(leakage_threshold, real_centres) -> float:
+    leakage_threshold = float(leakage_threshold)
+    if not -1.0 < leakage_threshold <= 1.0:
+        raise ParameterError(
+            f"leakage_threshold: a cosine threshold must lie in (-1, 1], got {leakage_threshold}"
+        )
+    if real_centres is None:
+        raise ParameterError(
+            "leakage_threshold is set but real_centres is None; pass the real identity centres "
+            "(identity_centres of the teacher features) or set leakage_threshold to None"
+        )
+    return leakage_threshold
+
+
+def _real_unit_centres(real_centres, dim: int, dev: torch.device) -> torch.Tensor | None:
+    """The real centres as unit rows on `dev` (None without real centres)."""
+    if real_centres is None:
+        return None
+    real_unit = unit_rows(as_matrix(real_centres, "real_centres").to(dev))
+    if real_unit.shape[1] != dim or real_unit.shape[0] == 0:
+        raise DataError(
+            f"real_centres: expected a non-empty [C, {dim}] array (the distribution's "
+            f"dimension), got shape {tuple(real_unit.shape)}"
+        )
+    return real_unit
+
+
+def _screen_chunk(
+    unit: torch.Tensor,
+    real_unit: torch.Tensor | None,
+    kept_unit: torch.Tensor,
+    threshold: float,
+    leakage_threshold: float | None,
+    block: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """(alive, leaked, cosine to the nearest real centre) of a chunk of unit candidates: alive
+    ones pass the leakage guard and are below `threshold` to every kept centre."""
+    alive = torch.ones(len(unit), dtype=torch.bool, device=unit.device)
+    leaked = torch.zeros_like(alive)
+    to_real = None
+    if real_unit is not None:
+        to_real, _ = max_cosine_unit(unit, real_unit, block, with_index=False)
+        if leakage_threshold is not None:
+            leaked = to_real >= leakage_threshold
+            alive = ~leaked
+    if len(kept_unit):
+        to_kept, _ = max_cosine_unit(unit, kept_unit, block, with_index=False)
+        alive &= to_kept < threshold
+    return alive, leaked, to_real
+
+
+def _too_few_centres(report: dict) -> ParameterError:
+    r = report
+    hint = "raise `threshold` (e.g. calibrate_threshold on the real centres, higher quantile)"
+    if r["rejected_by_leakage"] > r["rejected_by_separation"]:
+        hint = (
+            "raise `leakage_threshold` (most candidates were rejected as too close to real "
+            "identities)"
+        )
+    return ParameterError(
+        f"sample_identity_centres: found only {r['kept']} of {r['requested']} identity centres "
+        f"with pairwise cosine < threshold={r['threshold']:g} after max_rounds={r['rounds']} "
+        f"rounds of {r['candidates_per_round']} candidates ({r['drawn']} examined: "
+        f"{r['rejected_by_separation']} rejected by separation, {r['rejected_by_leakage']} by "
+        f"the leakage guard); {hint}, lower n, or raise max_rounds"
+    )
+
+
 def sample_identity_centres(
     dist: CentreDistribution,
     n: int,
@@ -354,43 +442,14 @@ def sample_identity_centres(
             message says how many were found and what to change).
     """
     start = time.perf_counter()
-    n = int(n)
-    if n < 1:
-        raise ParameterError(f"n: expected at least 1 identity centre to sample, got {n}")
-    threshold = float(threshold)
-    if not -1.0 < threshold <= 1.0:
-        raise ParameterError(f"threshold: a cosine threshold must lie in (-1, 1], got {threshold}")
-    per_round = int(candidates_per_round or max(1024, min(n, 65536)))
-    if per_round < 1:
-        raise ParameterError(f"candidates_per_round: expected >= 1, got {candidates_per_round}")
-    if int(max_rounds) < 1:
-        raise ParameterError(f"max_rounds: expected >= 1, got {max_rounds}")
-    if int(block_size) < 1:
-        raise ParameterError(f"block_size: expected a positive integer, got {block_size!r}")
-    block = int(block_size)
+    n, threshold, per_round, block = _checked_sampling_args(
+        n, threshold, candidates_per_round, max_rounds, block_size
+    )
     dev = resolve_device(device)
     gen = make_generator(generator)
-
-    real_unit = None
     if leakage_threshold is not None:
-        leakage_threshold = float(leakage_threshold)
-        if not -1.0 < leakage_threshold <= 1.0:
-            raise ParameterError(
-                "leakage_threshold: a cosine threshold must lie in (-1, 1], "
-                f"got {leakage_threshold}"
-            )
-        if real_centres is None:
-            raise ParameterError(
-                "leakage_threshold is set but real_centres is None; pass the real identity centres "
-                "(identity_centres of the teacher features) or set leakage_threshold to None"
-            )
-    if real_centres is not None:
-        real_unit = unit_rows(as_matrix(real_centres, "real_centres").to(dev))
-        if real_unit.shape[1] != dist.dim or real_unit.shape[0] == 0:
-            raise DataError(
-                f"real_centres: expected a non-empty [C, {dist.dim}] array (the distribution's "
-                f"dimension), got shape {tuple(real_unit.shape)}"
-            )
+        leakage_threshold = _checked_leakage_threshold(leakage_threshold, real_centres)
+    real_unit = _real_unit_centres(real_centres, dist.dim, dev)
 
     kept_unit = torch.empty((n, dist.dim), device=dev)
     kept_raw = torch.empty((n, dist.dim))
@@ -405,17 +464,9 @@ def sample_identity_centres(
             for s in range(0, per_round, block):
                 raw = candidates[s : s + block]
                 unit = unit_rows(raw.to(dev))
-                alive = torch.ones(len(raw), dtype=torch.bool, device=dev)
-                leaked = torch.zeros_like(alive)
-                to_real = None
-                if real_unit is not None:
-                    to_real, _ = max_cosine_unit(unit, real_unit, block, with_index=False)
-                    if leakage_threshold is not None:
-                        leaked = to_real >= leakage_threshold
-                        alive = ~leaked
-                if kept:
-                    to_kept, _ = max_cosine_unit(unit, kept_unit[:kept], block, with_index=False)
-                    alive &= to_kept < threshold
+                alive, leaked, to_real = _screen_chunk(
+                    unit, real_unit, kept_unit[:kept], threshold, leakage_threshold, block
+                )
                 accepted = _accept_greedily(unit, alive, threshold)
                 take = min(len(accepted), n - kept)
                 examined = len(raw)
@@ -455,18 +506,7 @@ def sample_identity_centres(
         "seconds": time.perf_counter() - start,
     }
     if kept < n:
-        hint = "raise `threshold` (e.g. calibrate_threshold on the real centres, higher quantile)"
-        if rejected_leak > rejected_sep:
-            hint = (
-                "raise `leakage_threshold` (most candidates were rejected as too close to real "
-                "identities)"
-            )
-        raise ParameterError(
-            f"sample_identity_centres: found only {kept} of {n} identity centres with pairwise "
-            f"cosine < threshold={threshold:g} after max_rounds={rounds} rounds of {per_round} "
-            f"candidates ({drawn} examined: {rejected_sep} rejected by separation, {rejected_leak} "
-            f"by the leakage guard); {hint}, lower n, or raise max_rounds"
-        )
+        raise _too_few_centres(report)
     return kept_raw.numpy(), report
 
 
