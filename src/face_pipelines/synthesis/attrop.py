@@ -387,6 +387,90 @@ def _as_targets(
     return t
 
 
+@dataclass
+class _ChunkState:
+    """Per-row state of one AttrOP chunk: the vectors and their Adam moments, steps taken, whether
+    a row is frozen (done, diverged, or out of steps) and what was recorded when it froze."""
+
+    v: torch.Tensor
+    adam_m: torch.Tensor
+    adam_s: torch.Tensor
+    steps: torch.Tensor
+    frozen: torch.Tensor
+    flags: dict[str, torch.Tensor]
+    stats: dict[str, torch.Tensor]
+    images_out: torch.Tensor | None = None
+
+    @classmethod
+    def start(cls, vectors: torch.Tensor) -> _ChunkState:
+        device, n = vectors.device, len(vectors)
+        v = vectors.detach().float().clone()
+        return cls(
+            v=v,
+            adam_m=torch.zeros_like(v),
+            adam_s=torch.zeros_like(v),
+            steps=torch.zeros(n, dtype=torch.long, device=device),
+            frozen=torch.zeros(n, dtype=torch.bool, device=device),
+            flags={
+                k: torch.zeros(n, dtype=torch.bool, device=device)
+                for k in ("converged", "diverged", "id_met", "pose_met", "quality_met")
+            },
+            stats={
+                k: torch.full((n,), float("nan"), device=device)
+                for k in ("id_cos", "yaw", "pitch", "quality")
+            },
+        )
+
+    def record(self, rows: torch.Tensor, sel: torch.Tensor, ev: _Evaluation, images: torch.Tensor):
+        """Freeze `rows` with their image and measures (entries `sel` of this step's batch)."""
+        if self.images_out is None:
+            n = len(self.v)
+            self.images_out = torch.zeros(
+                (n, *images.shape[1:]), dtype=torch.float32, device=self.v.device
+            )
+        self.images_out[rows] = images[sel].detach()
+        self.stats["id_cos"][rows] = ev.id_cos[sel].detach()
+        self.stats["yaw"][rows] = ev.yaw[sel].detach()
+        self.stats["pitch"][rows] = ev.pitch[sel].detach()
+        self.stats["quality"][rows] = ev.quality[sel].detach()
+        self.flags["id_met"][rows] = ev.id_ok[sel]
+        self.flags["pose_met"][rows] = ev.pose_success_ok[sel]
+        self.flags["quality_met"][rows] = ev.quality_ok[sel]
+        self.frozen[rows] = True
+
+    def adam_step(self, rows: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
+        """Adam, per row: frozen rows are never touched, so their state and vector stay as they
+        were."""
+        self.steps[rows] += 1
+        k = self.steps[rows].float().unsqueeze(1)
+        self.adam_m[rows] = _ADAM_BETA1 * self.adam_m[rows] + (1 - _ADAM_BETA1) * grad
+        self.adam_s[rows] = _ADAM_BETA2 * self.adam_s[rows] + (1 - _ADAM_BETA2) * grad * grad
+        m_hat = self.adam_m[rows] / (1 - _ADAM_BETA1**k)
+        s_hat = self.adam_s[rows] / (1 - _ADAM_BETA2**k)
+        self.v[rows] = self.v[rows] - lr * m_hat / (s_hat.sqrt() + _ADAM_EPS)
+
+    def result(self) -> AttrOPResult:
+        assert self.images_out is not None  # every row is recorded at the latest on the last step
+        flags, stats = self.flags, self.stats
+        met = flags["id_met"] & flags["pose_met"] & flags["quality_met"]
+        to_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
+        return AttrOPResult(
+            vectors=self.v.detach().cpu(),
+            images=images_to_uint8(self.images_out),
+            steps_used=to_np(self.steps).astype(np.int64),
+            converged=to_np(flags["converged"]),
+            met=to_np(met),
+            id_met=to_np(flags["id_met"]),
+            pose_met=to_np(flags["pose_met"]),
+            quality_met=to_np(flags["quality_met"]),
+            diverged=to_np(flags["diverged"]),
+            id_cos=to_np(stats["id_cos"]).astype(np.float64),
+            yaw=to_np(stats["yaw"]).astype(np.float64),
+            pitch=to_np(stats["pitch"]).astype(np.float64),
+            quality=to_np(stats["quality"]).astype(np.float64),
+        )
+
+
 def _attrop_chunk(
     generator: Any,
     vectors: torch.Tensor,
@@ -400,42 +484,13 @@ def _attrop_chunk(
     torch_generator: torch.Generator | None,
 ) -> AttrOPResult:
     device = vectors.device
-    n = len(vectors)
-    v = vectors.detach().float().clone()
-    adam_m = torch.zeros_like(v)
-    adam_s = torch.zeros_like(v)
-    steps = torch.zeros(n, dtype=torch.long, device=device)
-    frozen = torch.zeros(n, dtype=torch.bool, device=device)
-    flags = {
-        k: torch.zeros(n, dtype=torch.bool, device=device)
-        for k in ("converged", "diverged", "id_met", "pose_met", "quality_met")
-    }
-    stats = {
-        k: torch.full((n,), float("nan"), device=device)
-        for k in ("id_cos", "yaw", "pitch", "quality")
-    }
-    images_out: torch.Tensor | None = None
-
-    def record(rows: torch.Tensor, sel: torch.Tensor, ev: _Evaluation, images: torch.Tensor):
-        nonlocal images_out
-        if images_out is None:
-            images_out = torch.zeros((n, *images.shape[1:]), dtype=torch.float32, device=device)
-        images_out[rows] = images[sel].detach()
-        stats["id_cos"][rows] = ev.id_cos[sel].detach()
-        stats["yaw"][rows] = ev.yaw[sel].detach()
-        stats["pitch"][rows] = ev.pitch[sel].detach()
-        stats["quality"][rows] = ev.quality[sel].detach()
-        flags["id_met"][rows] = ev.id_ok[sel]
-        flags["pose_met"][rows] = ev.pose_success_ok[sel]
-        flags["quality_met"][rows] = ev.quality_ok[sel]
-        frozen[rows] = True
-
+    st = _ChunkState.start(vectors)
     for step in range(cfg.steps_max + 1):
-        active = (~frozen).nonzero().squeeze(1)
+        active = (~st.frozen).nonzero().squeeze(1)
         if active.numel() == 0:
             break
         last = step == cfg.steps_max
-        v_active = v[active].clone().requires_grad_(not last)
+        v_active = st.v[active].clone().requires_grad_(not last)
         with torch.set_grad_enabled(not last):
             images = _generate(generator, v_active, torch_generator, cfg.masking)
             ev = _evaluate(
@@ -450,12 +505,12 @@ def _attrop_chunk(
                 device,
             )
         done = ev.id_ok & ev.pose_stop_ok & ev.quality_ok
-        flags["converged"][active[done]] = True
+        st.flags["converged"][active[done]] = True
         if last:
-            record(active, torch.ones_like(done), ev, images)
+            st.record(active, torch.ones_like(done), ev, images)
             break
         if done.any():
-            record(active[done], done, ev, images)
+            st.record(active[done], done, ev, images)
         update = ~done
         if not update.any():
             continue
@@ -471,36 +526,11 @@ def _attrop_chunk(
         if not finite.all():
             bad = update.clone()
             bad[update] = ~finite
-            flags["diverged"][active[bad]] = True
-            record(active[bad], bad, ev, images)
+            st.flags["diverged"][active[bad]] = True
+            st.record(active[bad], bad, ev, images)
             rows, grad = rows[finite], grad[finite]
-        # Adam, per row: frozen rows are never touched, so their state and vector stay as they were.
-        steps[rows] += 1
-        k = steps[rows].float().unsqueeze(1)
-        adam_m[rows] = _ADAM_BETA1 * adam_m[rows] + (1 - _ADAM_BETA1) * grad
-        adam_s[rows] = _ADAM_BETA2 * adam_s[rows] + (1 - _ADAM_BETA2) * grad * grad
-        m_hat = adam_m[rows] / (1 - _ADAM_BETA1**k)
-        s_hat = adam_s[rows] / (1 - _ADAM_BETA2**k)
-        v[rows] = v[rows] - cfg.lr * m_hat / (s_hat.sqrt() + _ADAM_EPS)
-
-    assert images_out is not None  # every row is recorded at the latest on the last step
-    met = flags["id_met"] & flags["pose_met"] & flags["quality_met"]
-    to_np = lambda t: t.detach().cpu().numpy()  # noqa: E731
-    return AttrOPResult(
-        vectors=v.detach().cpu(),
-        images=images_to_uint8(images_out),
-        steps_used=to_np(steps).astype(np.int64),
-        converged=to_np(flags["converged"]),
-        met=to_np(met),
-        id_met=to_np(flags["id_met"]),
-        pose_met=to_np(flags["pose_met"]),
-        quality_met=to_np(flags["quality_met"]),
-        diverged=to_np(flags["diverged"]),
-        id_cos=to_np(stats["id_cos"]).astype(np.float64),
-        yaw=to_np(stats["yaw"]).astype(np.float64),
-        pitch=to_np(stats["pitch"]).astype(np.float64),
-        quality=to_np(stats["quality"]).astype(np.float64),
-    )
+        st.adam_step(rows, grad, cfg.lr)
+    return st.result()
 
 
 def attrop(
