@@ -72,6 +72,75 @@ def choose_edits(
     return chosen
 
 
+def _check_edit_request(
+    src_root: Path, out_root: Path, manifest: pd.DataFrame, attributes, edit_attributes
+) -> bool:
+    """Refuse unknown attributes, a manifest without paths, or a set already edited in place;
+    returns whether the edit replaces the source images."""
+    unknown = [a for a in edit_attributes if a not in attributes]
+    if unknown:
+        raise ParameterError(
+            f"elegant.edit.attributes names {unknown}, which the ELEGANT model was not trained "
+            f"on (its attributes: {list(attributes)}; see elegant.train.attributes)"
+        )
+    if "path" not in manifest.columns:
+        raise DataError(f"{src_root}/manifest.parquet has no 'path' column")
+    in_place = out_root.resolve() == src_root.resolve()
+    if in_place and "edited" in manifest.columns and manifest["edited"].fillna(False).any():
+        raise DataError(
+            f"{src_root} was edited in place before (its manifest has edited rows); re-render it "
+            "before editing it again"
+        )
+    return in_place
+
+
+def _transfer_chosen(
+    gen: ELEGANTGenerator,
+    images: np.ndarray,
+    chosen,
+    attributes: Sequence[str],
+    exemplars: PackedImages,
+    exemplar_labels: np.ndarray,
+    probs_before: np.ndarray,
+    rng: np.random.Generator,
+    device,
+    batch_size: int,
+    strength: float,
+) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Edit every chosen (row, attribute) with a random real exemplar that has the attribute;
+    returns the EDIT_COLUMNS filled so far and the edited images (the others unchanged)."""
+    n = len(images)
+    cols = {
+        "edited": np.zeros(n, bool),
+        "edit_attribute": np.full(n, None, object),
+        "edit_exemplar": np.full(n, -1, np.int64),
+        "edit_exemplar_identity": np.full(n, -1, np.int64),
+        "edit_target_prob_before": np.full(n, np.nan),
+        "edit_target_prob_after": np.full(n, np.nan),
+        "edit_success": np.zeros(n, bool),
+        "edit_judge_cos": np.full(n, np.nan),
+    }
+    edited_images = images.copy()
+    for attr in sorted({a for _, a in chosen}):
+        rows = np.array([r for r, a in chosen if a == attr], np.int64)
+        pool = np.flatnonzero(exemplar_labels[:, attr] == 1)
+        if not len(pool):
+            raise DataError(f"no real exemplar has attribute {attributes[attr]!r}")
+        ex_rows = rng.choice(pool, len(rows))
+        for s in range(0, len(rows), batch_size):
+            r, e = rows[s : s + batch_size], ex_rows[s : s + batch_size]
+            ex_images, ex_ids = exemplars.get_batch(e)
+            edited_images[r] = transfer_attribute(
+                gen, images[r], ex_images, attr, device, strength=strength
+            )
+            cols["edit_exemplar_identity"][r] = ex_ids
+        cols["edited"][rows] = True
+        cols["edit_attribute"][rows] = attributes[attr]
+        cols["edit_exemplar"][rows] = ex_rows
+        cols["edit_target_prob_before"][rows] = probs_before[rows, attr]
+    return cols, edited_images
+
+
 def edit_dataset(
     src_root: str | Path,
     manifest: pd.DataFrame,
@@ -109,20 +178,7 @@ def edit_dataset(
             unreadable / of another size than the model's.
     """
     src_root, out_root = Path(src_root), Path(out_root)
-    unknown = [a for a in edit_attributes if a not in attributes]
-    if unknown:
-        raise ParameterError(
-            f"elegant.edit.attributes names {unknown}, which the ELEGANT model was not trained "
-            f"on (its attributes: {list(attributes)}; see elegant.train.attributes)"
-        )
-    if "path" not in manifest.columns:
-        raise DataError(f"{src_root}/manifest.parquet has no 'path' column")
-    in_place = out_root.resolve() == src_root.resolve()
-    if in_place and "edited" in manifest.columns and manifest["edited"].fillna(False).any():
-        raise DataError(
-            f"{src_root} was edited in place before (its manifest has edited rows); re-render it "
-            "before editing it again"
-        )
+    in_place = _check_edit_request(src_root, out_root, manifest, attributes, edit_attributes)
     device = resolve_device(device)
     images = _read_images(src_root, manifest["path"].tolist())
     side = gen.config.image_size
@@ -136,35 +192,10 @@ def edit_dataset(
     chosen = choose_edits(probs_before, [attr_index[a] for a in edit_attributes], fraction, seed)
     rng = np.random.default_rng([seed, 22])
     out = manifest.drop(columns=[c for c in EDIT_COLUMNS if c in manifest.columns]).copy()
-    n = len(out)
-    cols = {
-        "edited": np.zeros(n, bool),
-        "edit_attribute": np.full(n, None, object),
-        "edit_exemplar": np.full(n, -1, np.int64),
-        "edit_exemplar_identity": np.full(n, -1, np.int64),
-        "edit_target_prob_before": np.full(n, np.nan),
-        "edit_target_prob_after": np.full(n, np.nan),
-        "edit_success": np.zeros(n, bool),
-        "edit_judge_cos": np.full(n, np.nan),
-    }
-    edited_images = images.copy()
-    for attr in sorted({a for _, a in chosen}):
-        rows = np.array([r for r, a in chosen if a == attr], np.int64)
-        pool = np.flatnonzero(exemplar_labels[:, attr] == 1)
-        if not len(pool):
-            raise DataError(f"no real exemplar has attribute {attributes[attr]!r}")
-        ex_rows = rng.choice(pool, len(rows))
-        for s in range(0, len(rows), batch_size):
-            r, e = rows[s : s + batch_size], ex_rows[s : s + batch_size]
-            ex_images, ex_ids = exemplars.get_batch(e)
-            edited_images[r] = transfer_attribute(
-                gen, images[r], ex_images, attr, device, strength=strength
-            )
-            cols["edit_exemplar_identity"][r] = ex_ids
-        cols["edited"][rows] = True
-        cols["edit_attribute"][rows] = attributes[attr]
-        cols["edit_exemplar"][rows] = ex_rows
-        cols["edit_target_prob_before"][rows] = probs_before[rows, attr]
+    cols, edited_images = _transfer_chosen(
+        gen, images, chosen, attributes, exemplars, exemplar_labels, probs_before, rng,
+        device, batch_size, strength,
+    )  # fmt: skip
     probs_after = classify_attributes(classifier, edited_images, device)
     rows = np.array([r for r, _ in chosen], np.int64)
     attrs = np.array([a for _, a in chosen], np.int64)
