@@ -24,6 +24,21 @@ from face_pipelines.training.engine import TrainState, fit
 LogFn = Callable[[dict, int], None]
 
 
+def _per_attribute_accuracy(pred: np.ndarray, truth: np.ndarray, attributes) -> dict:
+    """Accuracy, balanced accuracy and true-positive rate per attribute (bool [N, n] arrays)."""
+    out = {}
+    for j, name in enumerate(attributes):
+        p, t = pred[:, j], truth[:, j]
+        recall_pos = float(p[t].mean()) if t.any() else float("nan")
+        recall_neg = float((~p[~t]).mean()) if (~t).any() else float("nan")
+        out[name] = {
+            "accuracy": float((p == t).mean()),
+            "balanced_accuracy": float(np.nanmean([recall_pos, recall_neg])),
+            "true_positive_rate": recall_pos,
+        }
+    return out
+
+
 def train_attribute_classifier(
     packed_root: str | Path,
     labels: np.ndarray,
@@ -90,17 +105,7 @@ def train_attribute_classifier(
     rows = held_idx if len(held_idx) else train_idx
     images, _ = packed.get_batch(rows)
     pred = classify_attributes(model, images, state.device) >= 0.5
-    truth = labels[rows] == 1
-    heldout = {}
-    for j, name in enumerate(attributes):
-        p, t = pred[:, j], truth[:, j]
-        recall_pos = float(p[t].mean()) if t.any() else float("nan")
-        recall_neg = float((~p[~t]).mean()) if (~t).any() else float("nan")
-        heldout[name] = {
-            "accuracy": float((p == t).mean()),
-            "balanced_accuracy": float(np.nanmean([recall_pos, recall_neg])),
-            "true_positive_rate": recall_pos,
-        }
+    heldout = _per_attribute_accuracy(pred, labels[rows] == 1, attributes)
     report = {
         "checkpoint": str(Path(out_dir) / "model.pt"),
         "what": "AttributeClassifier (small CNN, BCE) trained on the real subset's labels; "
