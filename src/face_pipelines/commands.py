@@ -31,7 +31,12 @@ def _build_parser() -> argparse.ArgumentParser:
         prog=PROG, description="Experiment workflows: dataset diffs and MLflow run comparison."
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="{diff,compare}")
+    _add_diff_command(sub)
+    _add_compare_command(sub)
+    return parser
 
+
+def _add_diff_command(sub) -> None:
     diff = sub.add_parser(
         "diff",
         help="semantic diff of two synthetic dataset versions",
@@ -54,6 +59,8 @@ def _build_parser() -> argparse.ArgumentParser:
         help="git + DVC repository that rev: versions are read from",
     )
 
+
+def _add_compare_command(sub) -> None:
     cmp_ = sub.add_parser(
         "compare",
         help="compare MLflow runs: varying parameters vs verification accuracy",
@@ -106,7 +113,6 @@ def _build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also list runs without evaluation metrics (e.g. synth runs)",
     )
-    return parser
 
 
 def _run_diff(args: argparse.Namespace) -> int:

@@ -54,6 +54,30 @@ def _list_identity_folders(root: Path) -> tuple[list[Path], list[str]]:
     return folders, sorted(stray)
 
 
+def _candidate_images(
+    folders: list[Path], exts: tuple[str, ...], skipped: dict[str, list[str]]
+) -> list[tuple[str, str]]:
+    """(relative posix path, identity folder name) of every file with an image extension, sorted
+    per folder; sub-folders, other files and empty folders go into `skipped` by reason."""
+    candidates: list[tuple[str, str]] = []
+    for folder in folders:
+        names = []
+        with os.scandir(folder) as it:
+            for entry in it:
+                rel = f"{folder.name}/{entry.name}"
+                if entry.is_dir():
+                    skipped["unexpected_entry"].append(rel)
+                elif os.path.splitext(entry.name)[1].lower() in exts:
+                    names.append(entry.name)
+                else:
+                    skipped["not_an_image"].append(rel)
+        if not names:
+            skipped["empty_identity_folder"].append(folder.name)
+            continue
+        candidates.extend((f"{folder.name}/{n}", folder.name) for n in sorted(names))
+    return candidates
+
+
 def scan_identity_folders(
     root: str | os.PathLike,
     extensions: tuple[str, ...] = (".jpg", ".jpeg", ".png"),
@@ -96,22 +120,7 @@ def scan_identity_folders(
     skipped["unexpected_entry"].extend(stray)
     errors: dict[str, str] = {}
 
-    candidates: list[tuple[str, str]] = []  # (relative posix path, identity folder name)
-    for folder in folders:
-        names = []
-        with os.scandir(folder) as it:
-            for entry in it:
-                rel = f"{folder.name}/{entry.name}"
-                if entry.is_dir():
-                    skipped["unexpected_entry"].append(rel)
-                elif os.path.splitext(entry.name)[1].lower() in exts:
-                    names.append(entry.name)
-                else:
-                    skipped["not_an_image"].append(rel)
-        if not names:
-            skipped["empty_identity_folder"].append(folder.name)
-            continue
-        candidates.extend((f"{folder.name}/{n}", folder.name) for n in sorted(names))
+    candidates = _candidate_images(folders, exts, skipped)
     scanned = len(candidates) + len(skipped["not_an_image"])
 
     if verify and candidates:
