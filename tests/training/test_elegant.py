@@ -17,18 +17,21 @@ from face_pipelines.models.elegant import ELEGANTConfig, ELEGANTGenerator
 from face_pipelines.models.inference import load_attribute_classifier, load_elegant
 from face_pipelines.params import validate_section
 from face_pipelines.pipelines.elegant.nodes import subset_attribute_labels
+from face_pipelines.training.data import heldout_identity_split
 from face_pipelines.training.elegant import (
     AttributeClassifierConfig,
     AttributePairDataset,
     ELEGANTTrainConfig,
     attribute_labels,
     attribute_labels_by_path,
+    classify_attributes,
     edit_dataset,
     interpolation_grid,
     train_attribute_classifier,
     train_elegant,
     transfer_attribute,
 )
+from face_pipelines.training.elegant.classifier import per_attribute_rates
 from face_pipelines.training.elegant.losses import critic_loss, discriminator_loss, generator_loss
 
 from .helpers import Stop, make_packed, recorder
@@ -219,7 +222,50 @@ def test_attribute_classifier_learns_the_labels(packed, labels, tmp_path):
     model, attrs = load_attribute_classifier(report["checkpoint"])
     assert attrs == ATTRS and set(report["heldout"]) == set(ATTRS)
     # Held-out identities: 10% of 4 rounds to 0, so it reports on the training images.
+    assert report["evaluated_on"].startswith("training images")
     assert report["heldout"]["dark"]["accuracy"] >= 0.75
+
+
+def test_per_attribute_rates_count_each_class_separately():
+    # a: 4 positives (3 found), 6 negatives (1 false alarm); b: no positives at all.
+    truth = np.zeros((10, 2), bool)
+    truth[:4, 0] = True
+    pred = np.zeros((10, 2), bool)
+    pred[[0, 1, 2, 9], 0] = True
+    pred[5, 1] = True
+    got = per_attribute_rates(pred, truth, ["a", "b"])
+    a = got["a"]
+    assert (a["positives"], a["negatives"]) == (4, 6)
+    assert a["true_positive_rate"] == pytest.approx(0.75)
+    assert a["true_negative_rate"] == pytest.approx(5 / 6)
+    assert a["balanced_accuracy"] == pytest.approx((0.75 + 5 / 6) / 2)
+    assert a["accuracy"] == pytest.approx(0.8)
+    b = got["b"]
+    assert np.isnan(b["true_positive_rate"]) and b["true_negative_rate"] == pytest.approx(0.9)
+    assert b["balanced_accuracy"] == pytest.approx(0.9)  # the rate that exists
+
+
+def test_classifier_report_is_on_heldout_identities_only(packed, labels, tmp_path):
+    cfg = AttributeClassifierConfig(
+        widths=[8], epochs=1, batch_size=8, lr=1e-2, heldout_identities=0.5, seed=3
+    )
+    report = train_attribute_classifier(packed, labels, ATTRS, tmp_path, cfg, "cpu", False)
+    p = PackedImages(packed)
+    train_rows, held_rows = heldout_identity_split(p.labels, 0.5, [3, 11])
+    assert not set(p.labels[train_rows]) & set(p.labels[held_rows])
+    assert report["evaluated_on"] == "heldout identities"
+    assert (report["heldout_identities"], report["heldout_images"]) == (2, len(held_rows))
+    # The rates are those of the saved model's predictions on exactly the held-out images.
+    model, _ = load_attribute_classifier(report["checkpoint"])
+    images, _ = p.get_batch(held_rows)
+    pred = classify_attributes(model, images) >= 0.5
+    want = per_attribute_rates(pred, labels[held_rows] == 1, ATTRS)
+    for name in ATTRS:
+        got = report["heldout"][name]
+        assert got["positives"] == int(labels[held_rows, ATTRS.index(name)].sum())
+        assert got["positives"] + got["negatives"] == len(held_rows)
+        for key in ("true_positive_rate", "true_negative_rate", "balanced_accuracy"):
+            np.testing.assert_equal(got[key], want[name][key])
 
 
 def test_labels_name_the_file_and_the_parameter(packed, labels):

@@ -50,33 +50,53 @@ class AttributeClassifier(nn.Module):
     """Small CNN: aligned face [B,3,H,W] in [-1,1] -> one logit per binary attribute [B, n].
 
     Measures whether an attribute edit worked (ELEGANT), so it is trained on ground-truth labels
-    only and never enters an editor's loss. Two 3x3 convs per stage (the second strided) with
-    GroupNorm: glasses or a beard are local, finer details than head pose.
+    only and never enters an editor's loss. Two 3x3 convs per stage (the second strided): glasses
+    or a beard are local, finer details than head pose.
 
     Args:
         num_attributes: n, the number of logits.
         widths: channels of the conv stages.
+        norm: "group" (GroupNorm) or "batch" (BatchNorm, which trains faster here).
+        head: "pool" = a linear layer on mean- and max-pooled features (position-free);
+            "spatial" = a linear layer on the whole last feature map, so each attribute is read
+            where it sits on an aligned face (glasses at the eyes, a smile at the mouth).
+        input_size: side of the input images; the "spatial" head's size depends on it (other
+            sizes are pooled to the trained map).
     """
 
-    def __init__(self, num_attributes: int, widths: tuple[int, ...] | list[int] = (24, 48, 96)):
+    def __init__(
+        self,
+        num_attributes: int,
+        widths: tuple[int, ...] | list[int] = (24, 48, 96),
+        norm: str = "group",
+        head: str = "pool",
+        input_size: int = 64,
+    ):
         super().__init__()
+        if norm not in ("group", "batch") or head not in ("pool", "spatial"):
+            raise ValueError(f"norm must be group|batch and head pool|spatial: {norm!r}, {head!r}")
+        self.head_kind = head
         layers, in_ch = [], 3
         for w in widths:
             w = int(w)
-            layers += [
-                nn.Conv2d(in_ch, w, 3, padding=1),
-                nn.GroupNorm(min(8, w), w),
-                nn.SiLU(inplace=True),
-                nn.Conv2d(w, w, 3, stride=2, padding=1),
-                nn.GroupNorm(min(8, w), w),
-                nn.SiLU(inplace=True),
-            ]
-            in_ch = w
+            for stride in (1, 2):
+                layers += [
+                    nn.Conv2d(in_ch, w, 3, stride=stride, padding=1),
+                    nn.GroupNorm(min(8, w), w) if norm == "group" else nn.BatchNorm2d(w),
+                    nn.SiLU(inplace=True),
+                ]
+                in_ch = w
         self.features = nn.Sequential(*layers)
-        self.head = nn.Linear(2 * in_ch, int(num_attributes))
+        self.map_side = max(1, int(input_size) // 2 ** len(widths))
+        n_in = 2 * in_ch if head == "pool" else in_ch * self.map_side**2
+        self.head = nn.Linear(n_in, int(num_attributes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.features(x)
+        if self.head_kind == "spatial":
+            if h.shape[-1] != self.map_side or h.shape[-2] != self.map_side:
+                h = F.adaptive_avg_pool2d(h, self.map_side)
+            return self.head(h.flatten(1))
         # Mean and max pooling: a small accessory shows up in the max long before the mean.
         return self.head(torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1))
 

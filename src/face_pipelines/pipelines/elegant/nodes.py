@@ -248,6 +248,9 @@ def edited_dataset_card(dataset_card: dict, edit_report: dict, classifier_report
                 "heldout_true_positive_rate": {
                     a: r.get("true_positive_rate") for a, r in heldout.items()
                 },
+                "heldout_true_negative_rate": {
+                    a: r.get("true_negative_rate") for a, r in heldout.items()
+                },
             },
             "source_dataset": edit_report.get("source"),
         },

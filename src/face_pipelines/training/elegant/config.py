@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, ValidationError, model_validator
 
 from face_pipelines.errors import DataError
@@ -10,12 +12,26 @@ from face_pipelines.training.loop_config import BatchSize, Epochs, LearningRate,
 
 
 class AttributeClassifierConfig(TrainLoopConfig):
-    """Recipe of the attribute classifier that measures edit success."""
+    """Recipe of the attribute classifier that measures edit success. The defaults are the recipe
+    measured in docs/study.md (g): BatchNorm, a spatial head, flips and a one-cycle lr reach
+    held-out balanced accuracy 0.83-0.94 in 5 epochs where GroupNorm, pooling and a constant lr
+    reached 0.69-0.92 in 8."""
 
-    epochs: Epochs = 3
-    lr: LearningRate = Field(2e-3, description="AdamW learning rate")
+    epochs: Epochs = 5
+    batch_size: BatchSize = 32
+    lr: LearningRate = Field(3e-3, description="AdamW peak learning rate")
     seed: int = Field(0, description="seed of weights, split and data order")
-    widths: list[int] = Field([24, 48, 96], min_length=1, description="channels of the stages")
+    widths: list[int] = Field([16, 32, 64], min_length=1, description="channels of the stages")
+    norm: Literal["batch", "group"] = Field("batch", description="normalisation of each conv")
+    head: Literal["spatial", "pool"] = Field(
+        "spatial",
+        description="spatial = linear on the last feature map (reads attributes where they sit "
+        "on an aligned face); pool = linear on mean+max pooled features",
+    )
+    hflip: bool = Field(True, description="mirror half of the training images at random")
+    lr_schedule: Literal["onecycle", "constant"] = Field(
+        "onecycle", description="one-cycle warm-up and cosine decay, or a constant lr"
+    )
     heldout_identities: float = Field(
         0.1, ge=0, lt=1, description="fraction of identities held out to report its accuracy"
     )
