@@ -354,3 +354,31 @@ def test_mask_ratio_sampler_handles_intervals_far_in_either_tail():
     assert upper.max() < 0.901 and lower.min() > 0.099
     tight = sample_mask_ratios(100, MaskingParams(min=0.3, max=0.3, mu=0.75, sigma=0.25))
     assert (tight == 0.3).all()
+
+
+# --------------------------------------------------------------------------------------------------
+# how the vector becomes the token grid
+def test_channel_scale_grid_tokens_are_scaled_copies_of_e_and_per_token_ones_are_not():
+    f = torch.randn(3, 16)
+    paper = tiny_model()
+    e, grid = paper.embed_vector(f)
+    # channel_scale: token g = w_g * e + b_g, so every token is an affine function of e alone
+    w = paper.grid_expand.weight[:, 0].view(1, -1, 1)
+    b = paper.grid_expand.bias.view(1, -1, 1)
+    assert torch.allclose(grid, w * e.unsqueeze(1) + b, atol=1e-6)
+    per_token = tiny_model(grid_embed="per_token")
+    e, grid = per_token.embed_vector(f)
+    assert grid.shape == (3, per_token.num_rows, TINY["width"])
+    # per_token: positions get different projections, so two tokens are not scaled copies of e
+    cos = F.cosine_similarity(grid[:, 0], grid[:, 1], dim=1)
+    assert (cos.abs() < 0.9).all(), cos
+
+
+def test_per_token_grid_without_transformer_blocks_trains_end_to_end():
+    model = tiny_model(grid_embed="per_token", depth=0, decoder_depth=0).train()
+    out = model(torch.randn(4, 16), masking="train", generator=seeded(0))
+    assert out["image"].shape == (4, 3, 16, 16)
+    out["image"].pow(2).mean().backward()
+    assert model.grid_expand.weight.grad.abs().sum() > 0
+    with pytest.raises(ParameterError, match="grid_embed"):
+        Vec2Face(**{**TINY, "grid_embed": "rows"})

@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -117,12 +117,12 @@ class Vec2FaceConfig(BaseModel):
     width: int = Field(
         128, gt=0, description="Token width of the vector embedding and the ViT encoder."
     )
-    depth: int = Field(4, ge=1, description="Number of ViT encoder blocks.")
+    depth: int = Field(4, ge=0, description="Number of ViT encoder blocks (0: none).")
     num_heads: int = Field(
         4, ge=1, description="Attention heads per encoder block (divides width)."
     )
     decoder_width: int = Field(128, gt=0, description="Token width of the ViT decoder.")
-    decoder_depth: int = Field(2, ge=1, description="Number of ViT decoder blocks.")
+    decoder_depth: int = Field(2, ge=0, description="Number of ViT decoder blocks (0: none).")
     decoder_num_heads: int = Field(
         4, ge=1, description="Attention heads per decoder block (divides decoder_width)."
     )
@@ -142,6 +142,15 @@ class Vec2FaceConfig(BaseModel):
         gt=0,
         description="Channels of the latent map handed to the image "
         "decoder (decoder tokens are projected to it).",
+    )
+    grid_embed: Literal["channel_scale", "per_token"] = Field(
+        "channel_scale",
+        description="How the vector's embedding e becomes the token grid. channel_scale (the "
+        "paper's): token g = w_g * e + b_g, one scalar per position, so after the LayerNorm every "
+        "token is +-e and positions differ only by the position embedding - the transformer must "
+        "learn the face layout from scratch. per_token: a Linear(width -> G * width), each "
+        "position its own projection of e, so the layout is there from the first step "
+        "(docs/study.md (h); cheap on CPU, not loadable into the released weights).",
     )
     ch: int = Field(8, gt=0, description="Base channel count of the image decoder.")
     ch_mult: tuple[int, ...] = Field(
@@ -525,7 +534,10 @@ class Vec2Face(nn.Module):
 
         # vector -> token grid
         self.vector_embed = nn.Linear(cfg.feat_dim, cfg.width)
-        self.grid_expand = nn.Linear(1, self.num_rows)  # shared over channels: e_c -> G values
+        if cfg.grid_embed == "channel_scale":
+            self.grid_expand = nn.Linear(1, self.num_rows)  # shared over channels: e_c -> G values
+        else:
+            self.grid_expand = nn.Linear(cfg.width, self.num_rows * cfg.width)
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + self.num_rows, cfg.width))
         self.embed_norm = nn.LayerNorm(cfg.width, eps=1e-6)
         self.embed_drop = nn.Dropout(cfg.dropout)
@@ -633,8 +645,9 @@ class Vec2Face(nn.Module):
     def embed_vector(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features [B, D] -> (e [B, W], grid tokens [B, G, W]) before masking."""
         e = self.vector_embed(features)
-        grid = self.grid_expand(e.unsqueeze(-1)).transpose(1, 2)
-        return e, grid
+        if self.config.grid_embed == "channel_scale":
+            return e, self.grid_expand(e.unsqueeze(-1)).transpose(1, 2)
+        return e, self.grid_expand(e).view(e.shape[0], self.num_rows, e.shape[1])
 
     def forward_encoder(
         self, features: torch.Tensor, row_mask: RowMask
