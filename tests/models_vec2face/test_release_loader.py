@@ -22,6 +22,7 @@ from PIL import Image
 
 from face_pipelines.errors import DataError, MissingInputError, ParameterError
 from face_pipelines.io.checkpoint import save_checkpoint
+from face_pipelines.models import inference
 from face_pipelines.models.vec2face import (
     VEC2FACE_PRESETS,
     ResBlock,
@@ -33,7 +34,6 @@ from face_pipelines.models.vec2face import (
 from face_pipelines.params import validate_section
 from face_pipelines.pipelines.vec2face.nodes import load_generator_checkpoint
 from face_pipelines.synthesis.factory import load_generator
-from face_pipelines.training import vec2face as training_vec2face
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "vec2face_release_generator_keys.json"
 
@@ -322,7 +322,7 @@ def test_project_checkpoint_still_loads(tmp_path):
     f = torch.randn(2, 16)
     with torch.no_grad():
         want = model(f, masking=None)["image"]
-        for load in (load_vec2face, training_vec2face.load_vec2face):
+        for load in (load_vec2face, inference.load_vec2face):
             loaded = load(path)
             assert not loaded.training and loaded.config == model.config
             torch.testing.assert_close(loaded(f, masking=None)["image"], want)
