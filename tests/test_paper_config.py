@@ -141,6 +141,7 @@ def test_the_paper_sized_models_build(paper):
     assert count(teacher) == pytest.approx(65.2, abs=0.1)
     assert count(generator) == pytest.approx(173.6, abs=0.5)
     assert generator.config.fp32_transformer
+    assert generator.config.grid_embed == "channel_scale"  # the released weights need it
     assert count(disc) > 1
     # No weight decay on BN / PReLU / biases: the 1-D parameters are the zero-decay group.
     decay, no_decay = _param_groups(recognizer, r.weight_decay)
