@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +24,8 @@ from face_pipelines.training.elegant import AttributeClassifierConfig, ELEGANTTr
 from face_pipelines.training.recognizer import RecognizerConfig
 from face_pipelines.training.vec2face import Vec2FaceTrainConfig
 
+_C = TypeVar("_C", bound=BaseModel)
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -32,7 +34,12 @@ class Strict(BaseModel):
 # --------------------------------------------------------------------------------------------------
 # common
 class CommonParams(Strict):
-    seed: int = Field(0, description="Global seed; every stage derives its own seeds from it.")
+    seed: int = Field(
+        0,
+        ge=0,
+        description="Global seed offset: every stage's effective seed is its own `seed` plus this "
+        "(stage_seed); 0 runs each stage with its file value. FaceWorld's world seed is apart.",
+    )
     device: str = Field(
         "auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda', 'cuda:N'."
     )
@@ -40,6 +47,22 @@ class CommonParams(Strict):
         0, ge=0, description="DataLoader / decoding worker processes (0 = in-process)."
     )
     progress: bool = Field(True, description="Show tqdm progress bars on long loops.")
+
+    def stage_seed(self, value: int) -> int:
+        """The seed a stage runs with: its own `seed` value plus common.seed.
+
+        The one seed policy of the project. With common.seed 0 (the default) every stage runs with
+        exactly the seed its parameters file gives it; any other common.seed shifts every stage's
+        seed by the same amount, so stages keep distinct seeds where their files give distinct ones
+        (teacher 0, judge 1). FaceWorld's world seed does not go through here: it defines the
+        benchmark (the ruler), which must not move when the experiment is re-seeded.
+        """
+        return int(value) + self.seed
+
+    def seeded(self, config: _C) -> _C:
+        """`config` (any parameters model with a `seed` field: a trainer recipe, a sampling plan)
+        with its seed replaced by stage_seed(config.seed)."""
+        return config.model_copy(update={"seed": self.stage_seed(config.seed)})
 
     @model_validator(mode="after")
     def _check_device(self):

@@ -33,6 +33,7 @@ def run_recognizer_ablation(
     ev = validate_section("evaluate", evaluate)
     com = validate_section("common", common)
     variants = variant_configs(rec.train.model_dump(), p.variants)
+    variants = {name: com.seeded(cfg) for name, cfg in variants.items()}
     sets = {"real": real_training_set, "synthetic": synthetic_training_set}
     datasets = {name: sets[name]["packed_dir"] for name in p.datasets}
     history = MetricHistory()

@@ -97,7 +97,7 @@ def train_pose_generator(
         subset_packed_dir,
         yaw,
         drgan_dir,
-        p.train,
+        com.seeded(p.train),
         device=com.device,
         progress=com.progress,
         log=live_metrics(hist),
@@ -136,7 +136,7 @@ def sample_pose_code_identities(
     images, labels = packed.get_batch(np.arange(len(packed)))
     f = encode_images(gen, images, device)
     plan, vectors, centres, report = make_pose_code_plan(
-        f, labels, p.plan, drgan_report["pose_bin_centres_deg"], device, com.progress
+        f, labels, com.seeded(p.plan), drgan_report["pose_bin_centres_deg"], device, com.progress
     )
     metrics = flat_metrics(
         {k: v for k, v in report.items() if isinstance(v, int | float)}
@@ -201,7 +201,7 @@ def make_pose_code_dataset_card(
     judge = load_judge(judge_summary["checkpoint"], device, **t.judge.checkpoint_kwargs())
     packed = PackedImages(Path(subset_packed_dir))
     real_u8, _ = packed.get_batch(even_rows(packed.labels, p.synth.judge_images))
-    judged = judge_reconstruction(gen, judge, real_u8, device, p.synth.render.seed)
+    judged = judge_reconstruction(gen, judge, real_u8, device, com.stage_seed(p.synth.render.seed))
     judge_feats = embed_images(judge, m.images, device)
     judged["judge_intra_class_cos_mean"] = float(
         intra_class_cosines(judge_feats, m.manifest["identity"].to_numpy()).mean()

@@ -21,10 +21,15 @@ log = logging.getLogger(__name__)
 
 
 def plan_training_sets(
-    synthetic_dataset_info: dict, subset_packed_manifest: pd.DataFrame, recognizer: dict
+    synthetic_dataset_info: dict,
+    subset_packed_manifest: pd.DataFrame,
+    recognizer: dict,
+    common: dict,
 ) -> dict:
-    """How many images each instance trains on (equal counts by default: a fair comparison)."""
+    """How many images each instance trains on (equal counts by default: a fair comparison), and
+    the seed of the per-identity subsampling."""
     p = validate_section("recognizer", recognizer)
+    com = validate_section("common", common)
     counts = {
         "synthetic": int(synthetic_dataset_info["images"]),
         "real": int(len(subset_packed_manifest)),
@@ -34,15 +39,20 @@ def plan_training_sets(
         n = dict.fromkeys(counts, min(counts.values()))
     if p.max_images:
         n = {k: min(v, p.max_images) for k, v in n.items()}
-    return {"available": counts, "images": n, "seed": p.seed}
+    return {"available": counts, "images": n, "seed": com.stage_seed(p.seed)}
 
 
 def plan_matched_training_set(
-    synthetic_dataset_info: dict, reference_summary: dict, recognizer: dict, match: bool
+    synthetic_dataset_info: dict,
+    reference_summary: dict,
+    recognizer: dict,
+    match: bool,
+    common: dict,
 ) -> dict:
     """How many images a further set's recognizer trains on: with `match`, as many as the
     reference recognizer did (e.g. the Vec2Face-set one), so the sets are compared at equal size."""
     p = validate_section("recognizer", recognizer)
+    com = validate_section("common", common)
     available = int(synthetic_dataset_info["images"])
     reference = int(reference_summary["training_set"]["images"])
     n = min(available, reference) if match else available
@@ -51,7 +61,7 @@ def plan_matched_training_set(
     return {
         "available": {"set": available, "reference_trained_on": reference},
         "images": {"synthetic": n},
-        "seed": p.seed,
+        "seed": com.stage_seed(p.seed),
     }
 
 
@@ -129,7 +139,7 @@ def train_instance(
     summary = train_recognizer(
         training_set["packed_dir"],
         model_dir,
-        p.train,
+        com.seeded(p.train),
         device=com.device,
         progress=com.progress,
         log=live_metrics(hist),

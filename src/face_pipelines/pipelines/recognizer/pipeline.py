@@ -54,7 +54,12 @@ def _build_synthetic() -> Node:
 def create_pipeline(**kwargs) -> Pipeline:
     plan = Node(
         plan_training_sets,
-        inputs=["synthetic_dataset_info", "subset_packed_manifest", "params:recognizer"],
+        inputs=[
+            "synthetic_dataset_info",
+            "subset_packed_manifest",
+            "params:recognizer",
+            "params:common",
+        ],
         outputs="recognizer_training_plan",
         name="plan_training_sets",
     )
@@ -95,6 +100,7 @@ def create_matched_plan_pipeline(**kwargs) -> Pipeline:
                     "reference.summary",
                     "params:recognizer",
                     "params:match_reference_images",
+                    "params:common",
                 ],
                 outputs="recognizer_training_plan",
                 name="plan_matched_training_set",

@@ -133,7 +133,7 @@ def render_synthetic_dataset(
         attrop=editor,
         batch_size=p.batch_size,
         num_workers=p.num_workers,
-        seed=p.seed,
+        seed=com.stage_seed(p.seed),
         progress=com.progress,
         jpeg_quality=p.jpeg_quality,
         fingerprint=_generator_fingerprint(kind, ckpt),

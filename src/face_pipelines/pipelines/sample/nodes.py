@@ -39,7 +39,7 @@ def sample_identities(
     plan, vectors, centres, report = make_identity_plan(
         np.asarray(teacher_features),
         labels,
-        p.config,
+        com.seeded(p.config),
         device=device,
         progress=com.progress,
         fit_centres=fit_centres,

@@ -80,7 +80,7 @@ def select_subset(faceworld_info: dict, subset: dict, common: dict) -> tuple[pd.
             "kept": len(raw),
             "skipped": {},
         }
-    manifest = select_identities(raw, p.n_ids, p.min_images, p.max_images, p.seed)
+    manifest = select_identities(raw, p.n_ids, p.min_images, p.max_images, com.stage_seed(p.seed))
     report["source_identities"] = int(raw["identity"].nunique())
     report["selected_identities"] = int(manifest["identity"].nunique())
     report["selected_images"] = int(len(manifest))

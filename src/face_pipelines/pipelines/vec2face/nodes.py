@@ -54,7 +54,7 @@ def train_generator(
             ridge_alpha=p.probe.ridge_alpha,
             attributes=p.probe.attributes,
             max_images=p.probe.max_images,
-            seed=com.seed,
+            seed=com.stage_seed(0),
         )
         log.info("What the teacher's raw features carry: %s", probe_summary(probe))
     if p.source == "checkpoint":
@@ -78,7 +78,7 @@ def train_generator(
         judge_model,
         vec2face_dir,
         grids_dir,
-        p.train,
+        com.seeded(p.train),
         device=com.device,
         progress=com.progress,
         log=live_metrics(hist),
