@@ -204,6 +204,7 @@ def test_vec2face_node_writes_the_section_and_logs_headline_metrics(tmp_path, mo
     Image.new("RGB", (8, 8)).save(grid)
     monkeypatch.setattr(nodes, "train_vec2face", lambda *a, **k: {"grid": str(grid), "ssim": 0.5})
     monkeypatch.setattr(nodes, "load_recognizer", lambda *a, **k: (None, 32))
+    monkeypatch.setattr(nodes, "load_judge", lambda *a, **k: None)
     monkeypatch.setattr(nodes, "load_pose_regressor", lambda *a, **k: None, raising=False)
     features, manifest = _world()
     inputs = {
