@@ -119,10 +119,47 @@ def compare_runs(
         DataError: the experiment does not exist, or no run matches.
         ParameterError: the filter string is not valid MLflow filter syntax.
     """
+    uri = resolve_tracking_uri(tracking_uri)
+    where = f"experiment {experiment!r} at {uri}" + (
+        f" with filter {filter_string!r}" if filter_string else ""
+    )
+    runs = _search_runs(experiment, filter_string, uri)
+    metric_cols = [c for c in runs.columns if c.startswith("metrics." + METRIC_PREFIX)]
+    runs = _listed_runs(runs, metric_cols, where, include_unevaluated)
+    out = pd.DataFrame(
+        {
+            "run_id": runs["run_id"],
+            "run_name": runs.get("tags.mlflow.runName", pd.Series("", index=runs.index)),
+            "start_time": runs["start_time"],
+        }
+    )
+    param_cols = _add_param_columns(out, runs, params)
+    if DVC_EXP_TAG in runs and runs[DVC_EXP_TAG].notna().any():
+        out.insert(2, "dvc_exp", runs[DVC_EXP_TAG])
+    dataset_cols = _add_dataset_columns(out, runs, metric_cols)
+    benchmarks = _add_accuracy_columns(out, runs, metric_cols)
+    tar_cols = _add_tar_columns(out, runs, _far_labels(tar_at_far), benchmarks)
+    out.attrs.update(
+        param_columns=param_cols,
+        dataset_columns=dataset_cols,
+        benchmarks=benchmarks,
+        tar_columns=tar_cols,
+        tracking_uri=uri,
+        experiment=experiment,
+    )
+    return out
+
+
+def _search_runs(experiment: str, filter_string: str | None, uri: str) -> pd.DataFrame:
+    """mlflow.search_runs of `experiment` at `uri` (the process's tracking URI is restored).
+
+    Raises:
+        DataError: the experiment does not exist.
+        ParameterError: the filter string is not valid MLflow filter syntax.
+    """
     import mlflow
     from mlflow.exceptions import MlflowException
 
-    uri = resolve_tracking_uri(tracking_uri)
     previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(uri)
     try:
@@ -134,7 +171,7 @@ def compare_runs(
                 f"{names or 'none'}"
             )
         try:
-            runs = mlflow.search_runs(
+            return mlflow.search_runs(
                 experiment_ids=[exp.experiment_id],
                 filter_string=filter_string or "",
                 output_format="pandas",
@@ -147,12 +184,17 @@ def compare_runs(
     finally:
         mlflow.set_tracking_uri(previous)
 
-    where = f"experiment {experiment!r} at {uri}" + (
-        f" with filter {filter_string!r}" if filter_string else ""
-    )
+
+def _listed_runs(
+    runs: pd.DataFrame, metric_cols: list[str], where: str, include_unevaluated: bool
+) -> pd.DataFrame:
+    """The runs to list, by start time: those with evaluate metrics, or all of them.
+
+    Raises:
+        DataError: no run matched, or none has evaluation metrics (and not include_unevaluated).
+    """
     if runs.empty:
         raise DataError(f"no MLflow runs in {where}")
-    metric_cols = [c for c in runs.columns if c.startswith("metrics." + METRIC_PREFIX)]
     evaluated = runs[metric_cols].notna().any(axis=1) if metric_cols else runs["run_id"].isna()
     if not include_unevaluated:
         if not evaluated.any():
@@ -162,15 +204,11 @@ def compare_runs(
                 "anyway with include_unevaluated=True (--all)"
             )
         runs = runs[evaluated]
-    runs = runs.sort_values("start_time", kind="stable").reset_index(drop=True)
+    return runs.sort_values("start_time", kind="stable").reset_index(drop=True)
 
-    out = pd.DataFrame(
-        {
-            "run_id": runs["run_id"],
-            "run_name": runs.get("tags.mlflow.runName", pd.Series("", index=runs.index)),
-            "start_time": runs["start_time"],
-        }
-    )
+
+def _add_param_columns(out: pd.DataFrame, runs: pd.DataFrame, params: Sequence[str]) -> list[str]:
+    """Add the parameters that differ between the runs, plus `params`, to `out`; their names."""
     param_cols = []
     for col in sorted(c for c in runs.columns if c.startswith("params.")):
         key = col[len("params.") :]
@@ -182,15 +220,26 @@ def compare_runs(
         if key not in param_cols:
             out[key] = None
             param_cols.append(key)
-    if DVC_EXP_TAG in runs and runs[DVC_EXP_TAG].notna().any():
-        out.insert(2, "dvc_exp", runs[DVC_EXP_TAG])
+    return param_cols
+
+
+def _add_dataset_columns(
+    out: pd.DataFrame, runs: pd.DataFrame, metric_cols: list[str]
+) -> list[str]:
+    """Add the synthetic set's `dataset.*` measures that differ between the runs; their names."""
     dataset_cols = []
     for col in sorted(c for c in metric_cols if _metric_column(c).startswith(DATASET_PREFIX)):
         values = runs[col].astype(float)
         if values.nunique(dropna=False) > 1:
             out[_metric_column(col)] = values
             dataset_cols.append(_metric_column(col))
+    return dataset_cols
 
+
+def _add_accuracy_columns(
+    out: pd.DataFrame, runs: pd.DataFrame, metric_cols: list[str]
+) -> list[str]:
+    """Add `<recognizer>.<benchmark>`, `<recognizer>.mean` and the ratio; the benchmarks."""
     benchmarks = sorted(
         {
             _metric_column(c).split(".", 1)[1]
@@ -206,23 +255,22 @@ def compare_runs(
             out[f"{rec}.{name}"] = runs[col].astype(float) if col in runs else np.nan
     ratio = f"metrics.{METRIC_PREFIX}{RATIO}"
     out[RATIO] = runs[ratio].astype(float) if ratio in runs else np.nan
+    return benchmarks
+
+
+def _add_tar_columns(
+    out: pd.DataFrame, runs: pd.DataFrame, far_labels: list[str], benchmarks: list[str]
+) -> list[str]:
+    """Add `tar_at_far_<far>.<recognizer>.<benchmark>` per FAR label (NaN where not logged)."""
     tar_cols = []
-    for label in _far_labels(tar_at_far):
+    for label in far_labels:
         for rec in RECOGNIZERS:
             for bench in benchmarks:
                 name = f"{TAR_PREFIX}{label}.{rec}.{bench}"
                 col = f"metrics.{METRIC_PREFIX}{name}"
                 out[name] = runs[col].astype(float) if col in runs else np.nan
                 tar_cols.append(name)
-    out.attrs.update(
-        param_columns=param_cols,
-        dataset_columns=dataset_cols,
-        benchmarks=benchmarks,
-        tar_columns=tar_cols,
-        tracking_uri=uri,
-        experiment=experiment,
-    )
-    return out
+    return tar_cols
 
 
 def _far_labels(fars: Sequence[str | float]) -> list[str]:
