@@ -33,6 +33,7 @@ import random
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -413,6 +414,68 @@ def _save_generator(
     )
 
 
+class _MonitorImages(NamedTuple):
+    eval_u8: np.ndarray  # one real image of each of up to cfg.eval_images identities
+    eval_ids: np.ndarray  # their identities
+    grid_u8: np.ndarray  # one real image of each of up to cfg.grid_identities identities
+
+
+def _monitor_images(packed: PackedImages, cfg: DRGANTrainConfig) -> _MonitorImages:
+    """The fixed real images every epoch's and the final evaluation and grids start from."""
+    eval_u8, eval_ids = packed.get_batch(even_rows(packed.labels, cfg.eval_images))
+    grid_u8, _ = packed.get_batch(even_rows(packed.labels, cfg.grid_identities))
+    return _MonitorImages(eval_u8, eval_ids, grid_u8)
+
+
+def _epoch_end_fn(cfg: DRGANTrainConfig, monitor: _MonitorImages, grids_dir: Path):
+    """After each epoch: identity 0 across every pose code as `epoch_NNN.png`, and D's scores on
+    re-renderings of the eval images as `eval/<metric>`."""
+
+    def epoch_end(st: TrainState, _metrics: dict) -> dict:
+        G, D = st.models["gen"], st.models["disc"]
+        row = pose_grid(G, monitor.grid_u8[:1], st.device, cfg.seed)
+        Image.fromarray(row).save(grids_dir / f"epoch_{st.epoch:03d}.png")
+        scores = score_generated(G, D, monitor.eval_u8, monitor.eval_ids, st.device, cfg.seed)
+        G.train()
+        return {f"eval/{k}": v for k, v in scores.items() if k != "generate_images_per_s"}
+
+    return epoch_end
+
+
+def _final_report(
+    gen: DRGANGenerator,
+    disc: DRGANDiscriminator,
+    monitor: _MonitorImages,
+    out_dir: Path,
+    packed: PackedImages,
+    bins: np.ndarray,
+    cfg: DRGANTrainConfig,
+    history: list[dict],
+    device: torch.device,
+) -> dict:
+    """Score the trained generator, save the final pose grid and return the training report."""
+    gen.eval()
+    grids_dir = out_dir / "grids"
+    scores = score_generated(gen, disc, monitor.eval_u8, monitor.eval_ids, device, cfg.seed)
+    Image.fromarray(pose_grid(gen, monitor.grid_u8, device, cfg.seed)).save(grids_dir / "final.png")
+    np_ = gen.config.num_pose_bins
+    centres = pose_bin_centres(np_, cfg.yaw_min_deg, cfg.yaw_max_deg)
+    return {
+        "checkpoint": str(out_dir / "model.pt"),
+        "grid": str(grids_dir / "final.png"),
+        # This run's epochs only (a folder may hold grids of an older, longer run).
+        "epoch_grids": [str(grids_dir / f"epoch_{e:03d}.png") for e in range(1, cfg.epochs + 1)],
+        "images": len(packed),
+        "identities": int(packed.num_classes),
+        "image_size": packed.image_size,
+        "pose_bin_centres_deg": centres.tolist(),
+        "train_images_per_pose_bin": np.bincount(bins, minlength=np_).tolist(),
+        "multi_image": bool(gen.config.multi_image),
+        "final_epoch": dict(history[-1]) if history else {},
+        **scores,
+    }
+
+
 def train_drgan(
     packed_root: str | Path,
     yaw_labels_deg: np.ndarray,
@@ -452,19 +515,9 @@ def train_drgan(
     state = _drgan_train_state(cfg, gen, disc, device)
     step_fn = _drgan_step_fn(cfg, n, np_, pose_class_weights, channels_last)
 
-    eval_rows = even_rows(packed.labels, cfg.eval_images)
-    eval_u8, eval_ids = packed.get_batch(eval_rows)
-    grid_u8, _ = packed.get_batch(even_rows(packed.labels, cfg.grid_identities))
+    monitor = _monitor_images(packed, cfg)
     grids_dir = Path(out_dir) / "grids"
     grids_dir.mkdir(parents=True, exist_ok=True)
-
-    def epoch_end(st: TrainState, _metrics: dict) -> dict:
-        G, D = st.models["gen"], st.models["disc"]
-        row = pose_grid(G, grid_u8[:1], st.device, cfg.seed)
-        Image.fromarray(row).save(grids_dir / f"epoch_{st.epoch:03d}.png")
-        scores = score_generated(G, D, eval_u8, eval_ids, st.device, cfg.seed)
-        G.train()
-        return {f"eval/{k}": v for k, v in scores.items() if k != "generate_images_per_s"}
 
     history = fit(
         step_fn,
@@ -474,7 +527,7 @@ def train_drgan(
         checkpoint_dir=Path(out_dir) / "train_state",
         log=log,
         log_every=cfg.log_every,
-        epoch_end_fn=epoch_end,
+        epoch_end_fn=_epoch_end_fn(cfg, monitor, grids_dir),
         progress=progress,
         desc="train drgan",
         # Content fingerprints: never resume a run trained on other images or other pose labels.
@@ -483,24 +536,9 @@ def train_drgan(
             "data": {"images": packed.fingerprint(), "yaw": array_fingerprint(yaw)},
         },
     )
-    gen.eval()
-    scores = score_generated(gen, disc, eval_u8, eval_ids, state.device, cfg.seed)
-    Image.fromarray(pose_grid(gen, grid_u8, state.device, cfg.seed)).save(grids_dir / "final.png")
-    centres = pose_bin_centres(np_, cfg.yaw_min_deg, cfg.yaw_max_deg)
-    report = {
-        "checkpoint": str(Path(out_dir) / "model.pt"),
-        "grid": str(grids_dir / "final.png"),
-        # This run's epochs only (a folder may hold grids of an older, longer run).
-        "epoch_grids": [str(grids_dir / f"epoch_{e:03d}.png") for e in range(1, cfg.epochs + 1)],
-        "images": len(packed),
-        "identities": int(packed.num_classes),
-        "image_size": packed.image_size,
-        "pose_bin_centres_deg": centres.tolist(),
-        "train_images_per_pose_bin": np.bincount(bins, minlength=np_).tolist(),
-        "multi_image": bool(model_cfg.multi_image),
-        "final_epoch": dict(history[-1]) if history else {},
-        **scores,
-    }
+    report = _final_report(
+        gen, disc, monitor, Path(out_dir), packed, bins, cfg, history, state.device
+    )
     _save_generator(gen, model_cfg, cfg, report)
     return report
 
