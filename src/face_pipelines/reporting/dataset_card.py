@@ -6,6 +6,8 @@ vectors they were rendered from: what counts is what a recognizer sees in the pi
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 import pandas as pd
 
@@ -20,6 +22,9 @@ from face_pipelines.metrics.separability import (
     separability_curve,
 )
 from face_pipelines.reporting.figures import plt
+from face_pipelines.reporting.metrics import flat_metrics
+
+log = logging.getLogger(__name__)
 
 CURVE_TS = np.round(np.arange(0.30, 0.901, 0.05), 2)
 YAW_BINS = np.arange(-90, 91, 10)
@@ -192,6 +197,18 @@ def card_figure(
     axes[2].legend(fontsize=8)
     fig.tight_layout()
     return fig
+
+
+def card_outputs(card: dict) -> tuple[dict, dict, plt.Figure, dict[str, float]]:
+    """What every synthetic set's card node returns, whatever the generator: the card twice (for
+    data/08_reporting and for the dataset root, so a dataset folder - or a DVC revision of it -
+    carries its own card), its figure and its numbers as MLflow metrics. Logs the card's summary.
+    """
+    log.info("\n%s", card_summary(card))
+    metrics = flat_metrics(
+        {k: v for k, v in card.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    )
+    return card, card, card_figure(card), metrics
 
 
 def card_summary(card: dict) -> str:

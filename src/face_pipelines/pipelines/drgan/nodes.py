@@ -5,7 +5,6 @@ table are the shared chain's nodes, instantiated under the `drgan` namespace (pi
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,12 +17,8 @@ from face_pipelines.io.packed import PackedImages
 from face_pipelines.metrics.separability import identity_centres, intra_class_cosines
 from face_pipelines.models.drgan import yaw_to_pose_bin
 from face_pipelines.models.inference import embed_images, load_drgan, load_judge
-from face_pipelines.params import validate_section
-from face_pipelines.reporting.dataset_card import (
-    add_pose_code_measures,
-    card_figure,
-    card_summary,
-)
+from face_pipelines.params import CommonParams, DRGANParams, TeacherParams, validate_section
+from face_pipelines.reporting.dataset_card import add_pose_code_measures, card_outputs
 from face_pipelines.reporting.figures import image_figure
 from face_pipelines.reporting.lineage import (
     active_mlflow_run_id,
@@ -34,7 +29,7 @@ from face_pipelines.reporting.lineage import (
     upstream_stages,
 )
 from face_pipelines.reporting.metrics import MetricHistory, flat_metrics
-from face_pipelines.reporting.rendered import rendered_dataset_card
+from face_pipelines.reporting.rendered import RenderedMeasures, rendered_dataset_card
 from face_pipelines.synthesis.pose_code import make_pose_code_plan, pose_bin_success
 from face_pipelines.synthesis.sampling import calibrate_threshold
 from face_pipelines.tracking import live_metrics, log_trained_model, metrics_not_logged_live
@@ -45,8 +40,6 @@ from face_pipelines.training.drgan import (
     save_encoder_checkpoint,
     train_drgan,
 )
-
-log = logging.getLogger(__name__)
 
 
 def subset_yaw_labels(manifest: pd.DataFrame, packed: PackedImages) -> np.ndarray:
@@ -166,61 +159,32 @@ def make_pose_code_dataset_card(
 ):
     """The render card (teacher features and pose re-measured on the JPEGs, compared with real),
     plus per-pose-bin success by the pose model and identity kept by the judge, and the set's
-    lineage (reporting.lineage). Returned twice, like the default card: for data/08_reporting and
-    for the dataset root."""
+    lineage (reporting.lineage). Returned like every set's card (reporting.dataset_card.card_outputs):
+    for data/08_reporting and for the dataset root, with its figure and metrics."""
     p = validate_section("drgan", drgan)
     t = validate_section("teacher", teacher)
     com = validate_section("common", common)
     device = resolve_device(com.device)
-    root = Path(synthetic_dataset_info["root"])
-    # Sampling ran in DR-GAN's f space; the card measures in the teacher's, so its separation and
-    # leakage threshold is the teacher-space one, calibrated the same way.
     real_labels = subset_packed_manifest["identity"].to_numpy()
-    plan_cfg = p.synth.plan
-    threshold = plan_cfg.threshold
-    if threshold is None:
-        threshold = calibrate_threshold(
-            identity_centres(np.asarray(teacher_features), real_labels),
-            plan_cfg.calibration_quantile,
-            device=str(device),
-        )
-    leak = threshold if plan_cfg.leakage_threshold is None else plan_cfg.leakage_threshold
     card, m = rendered_dataset_card(
-        root,
+        Path(synthetic_dataset_info["root"]),
         synthetic_dataset_info["image_size"],
         (teacher_summary["checkpoint"], t.checkpoint_kwargs()),
         pose_summary["checkpoint"],
         subset_packed_dir,
         teacher_features,
         real_labels,
-        (threshold, leak),
+        _teacher_space_thresholds(p, teacher_features, real_labels, device),
         render_report,
         device,
     )
-    gen = load_drgan(drgan_report["checkpoint"], device)
-    judge = load_judge(judge_summary["checkpoint"], device, **t.judge.checkpoint_kwargs())
-    packed = PackedImages(Path(subset_packed_dir))
-    real_u8, _ = packed.get_batch(even_rows(packed.labels, p.synth.judge_images))
-    judged = judge_reconstruction(gen, judge, real_u8, device, com.stage_seed(p.synth.render.seed))
-    judge_feats = embed_images(judge, m.images, device)
-    judged["judge_intra_class_cos_mean"] = float(
-        intra_class_cosines(judge_feats, m.manifest["identity"].to_numpy()).mean()
-    )
+    judged = _judge_measures(m, drgan_report, judge_summary, subset_packed_dir, p, t, com, device)
     centres = np.asarray(drgan_report["pose_bin_centres_deg"])
-    real_success = None
-    if "yaw" in subset_packed_manifest.columns:  # FaceWorld: ground-truth yaw of the real images
-        real_bins = yaw_to_pose_bin(
-            subset_packed_manifest["yaw"].to_numpy(np.float64),
-            len(centres),
-            centres[0],
-            centres[-1],
-        )
-        real_success = pose_bin_success(real_bins, m.real_yaw, centres)
     card = add_pose_code_measures(
         card,
         pose_bin_success(m.manifest["pose_bin"].to_numpy(), m.yaw, centres),
         judged,
-        real_success,
+        _real_pose_bin_success(subset_packed_manifest, m.real_yaw, centres),
     )
     card["generator"] = "drgan"
     card["generator_images_per_second"] = drgan_report.get("generate_images_per_s")
@@ -244,11 +208,64 @@ def make_pose_code_dataset_card(
         },
     )
     card["lineage"] = build_lineage(stages, {"drgan": active_mlflow_run_id()})
-    log.info("\n%s", card_summary(card))
-    metrics = flat_metrics(
-        {k: v for k, v in card.items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    return card_outputs(card)
+
+
+def _teacher_space_thresholds(
+    p: DRGANParams, teacher_features: np.ndarray, real_labels: np.ndarray, device
+) -> tuple[float, float]:
+    """The card's (separation, leakage) thresholds. Sampling ran in DR-GAN's f space; the card
+    measures in the teacher's, so an uncalibrated plan threshold is calibrated there the same way."""
+    plan_cfg = p.synth.plan
+    threshold = plan_cfg.threshold
+    if threshold is None:
+        threshold = calibrate_threshold(
+            identity_centres(np.asarray(teacher_features), real_labels),
+            plan_cfg.calibration_quantile,
+            device=str(device),
+        )
+    leak = threshold if plan_cfg.leakage_threshold is None else plan_cfg.leakage_threshold
+    return threshold, leak
+
+
+def _judge_measures(
+    m: RenderedMeasures,
+    drgan_report: dict,
+    judge_summary: dict,
+    subset_packed_dir: Path,
+    p: DRGANParams,
+    t: TeacherParams,
+    com: CommonParams,
+    device,
+) -> dict:
+    """Identity kept by the judge (a recognizer no loss used): on DR-GAN's re-renderings of real
+    images across the pose codes, and as the rendered set's intra-class cosine."""
+    gen = load_drgan(drgan_report["checkpoint"], device)
+    judge = load_judge(judge_summary["checkpoint"], device, **t.judge.checkpoint_kwargs())
+    packed = PackedImages(Path(subset_packed_dir))
+    real_u8, _ = packed.get_batch(even_rows(packed.labels, p.synth.judge_images))
+    judged = judge_reconstruction(gen, judge, real_u8, device, com.stage_seed(p.synth.render.seed))
+    judge_feats = embed_images(judge, m.images, device)
+    judged["judge_intra_class_cos_mean"] = float(
+        intra_class_cosines(judge_feats, m.manifest["identity"].to_numpy()).mean()
     )
-    return card, card, card_figure(card), metrics
+    return judged
+
+
+def _real_pose_bin_success(
+    subset_packed_manifest: pd.DataFrame, real_yaw: np.ndarray, centres: np.ndarray
+) -> dict | None:
+    """The pose model's bin success on the real images against their ground-truth yaw (FaceWorld
+    labels it): the ceiling for the generated set. None without a yaw column."""
+    if "yaw" not in subset_packed_manifest.columns:
+        return None
+    real_bins = yaw_to_pose_bin(
+        subset_packed_manifest["yaw"].to_numpy(np.float64),
+        len(centres),
+        centres[0],
+        centres[-1],
+    )
+    return pose_bin_success(real_bins, real_yaw, centres)
 
 
 # -- drgan_eval: the encoder, verified next to the recognizers (the shared chain's nodes) ---------

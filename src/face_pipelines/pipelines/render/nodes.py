@@ -4,7 +4,6 @@ card. The render node is generator-agnostic: pipeline_registry instantiates it p
 
 from __future__ import annotations
 
-import logging
 from functools import partial
 from pathlib import Path
 
@@ -22,8 +21,7 @@ from face_pipelines.params import (
 from face_pipelines.reporting.dataset_card import (
     add_feature_probe,
     add_generator_quality,
-    card_figure,
-    card_summary,
+    card_outputs,
 )
 from face_pipelines.reporting.lineage import (
     active_mlflow_run_id,
@@ -34,7 +32,6 @@ from face_pipelines.reporting.lineage import (
     lineage_stage,
     upstream_stages,
 )
-from face_pipelines.reporting.metrics import flat_metrics
 from face_pipelines.reporting.rendered import rendered_dataset_card
 from face_pipelines.synthesis.attrop import AttrOPBatchEditor
 from face_pipelines.synthesis.dataset_writer import (
@@ -44,8 +41,6 @@ from face_pipelines.synthesis.dataset_writer import (
 )
 from face_pipelines.synthesis.factory import load_attrop_models, load_generator
 from face_pipelines.synthesis.generators import DEFAULT_GENERATOR, generator_kind
-
-log = logging.getLogger(__name__)
 
 
 def _attrop_models(
@@ -259,8 +254,4 @@ def make_dataset_card(
     # What the generator's input vectors carry and how well it renders held-out faces explain
     # the card's yaw and spread numbers; both come from the vec2face report.
     card = add_generator_quality(add_feature_probe(card, vec2face_report), vec2face_report)
-    log.info("\n%s", card_summary(card))
-    metrics = flat_metrics(
-        {k: v for k, v in card.items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    )
-    return card, card, card_figure(card), metrics
+    return card_outputs(card)
