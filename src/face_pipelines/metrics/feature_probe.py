@@ -274,6 +274,20 @@ def _attribute_columns(manifest: pd.DataFrame, attributes: Sequence[str] | None)
     return list(attributes)
 
 
+def _probe_method(folds: int, ridge_alpha: float) -> dict:
+    """The section's `method`: how the probes split, standardise, fit and score."""
+    return {
+        "folds": int(folds),
+        "split": "identity-disjoint (GroupKFold semantics; deterministic)",
+        "features": "standardised with the training fold's mean and std",
+        "continuous": f"closed-form ridge regression, alpha={ridge_alpha:g} (fixed); "
+        "R^2 and mean absolute error of pooled out-of-fold predictions",
+        "binary_categorical": f"class-balanced multinomial logistic regression, L2 "
+        f"alpha={ridge_alpha:g} (C=1/alpha), {LOGISTIC_STEPS} accelerated gradient steps; "
+        "balanced accuracy of pooled out-of-fold predictions",
+    }
+
+
 def probe_features(
     features: np.ndarray,
     manifest: pd.DataFrame,
@@ -315,16 +329,7 @@ def probe_features(
         "what": "identity-disjoint linear probes from the raw features to each known attribute: "
         "how much of what a generator must draw the features carry (R^2 ~ 0 / balanced accuracy "
         "~ chance: not carried)",
-        "method": {
-            "folds": int(folds),
-            "split": "identity-disjoint (GroupKFold semantics; deterministic)",
-            "features": "standardised with the training fold's mean and std",
-            "continuous": f"closed-form ridge regression, alpha={ridge_alpha:g} (fixed); "
-            "R^2 and mean absolute error of pooled out-of-fold predictions",
-            "binary_categorical": f"class-balanced multinomial logistic regression, L2 "
-            f"alpha={ridge_alpha:g} (C=1/alpha), {LOGISTIC_STEPS} accelerated gradient steps; "
-            "balanced accuracy of pooled out-of-fold predictions",
-        },
+        "method": _probe_method(folds, ridge_alpha),
         "images": int(len(table)),
         "images_total": int(total),
         "identities": int(len(np.unique(identities))),
