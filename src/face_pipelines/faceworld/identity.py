@@ -124,9 +124,9 @@ def sample_identities(
     Returns:
         float32 [n, len(IDENTITY_FIELDS)], columns in IDENTITY_FIELDS order.
 
-    One function, one draw per field (over 80 lines on purpose): the order of the `rng` calls *is*
-    the FaceWorld population - moving or regrouping a line changes every identity of every
-    existing world - so the draws stay one list, read top to bottom by face part.
+    Long because: one draw per field, and the order of the `rng` calls *is* the FaceWorld
+    population - moving or regrouping a line changes every identity of every existing world - so
+    the draws stay one list, read top to bottom by face part.
     """
     d = float(diversity)
     col: dict[str, np.ndarray] = {}

@@ -101,8 +101,8 @@ def sample_nuisances(
     Returns:
         dict name -> array [n] with the dtypes of NUISANCE_FIELDS.
 
-    One function, one draw per nuisance (over 80 lines on purpose): the order of the `rng` calls
-    defines every existing world's images, so the draws stay one list in a fixed order.
+    Long because: one draw per nuisance, and the order of the `rng` calls defines every existing
+    world's images, so the draws stay one list in a fixed order.
     """
     c = pool_config
     out: dict[str, np.ndarray] = {}

@@ -496,9 +496,9 @@ def fit(
         NonFiniteLossError: a loss became NaN/inf (the weights were not updated with it; the last
             checkpoint on disk is the last good one).
 
-    The epoch and batch loops stay one function (about 90 lines): resume, accumulation windows,
-    logging, mid-epoch and end-of-epoch checkpoints read in the order they happen, as the module
-    docstring lists them.
+    Long because: the epoch and batch loops stay one function (about 90 lines) so that resume,
+    accumulation windows, logging, mid-epoch and end-of-epoch checkpoints read in the order they
+    happen, as the module docstring lists them.
     """
     info = world_info()
     rank0 = info.rank == 0
