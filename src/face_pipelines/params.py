@@ -211,6 +211,12 @@ class EvaluateParams(Strict):
         "naming the key when evaluate runs (conf/paper lists the five the user gives)",
     )
     batch_size: int = Field(256, gt=0, description="embedding batch size")
+    checkpoint: str | None = Field(
+        None,
+        description="a further recognizer to verify beside the trained ones, as row `checkpoint`: "
+        "a project checkpoint by path or an MLflow model (models:/name/version, models:/name@alias, "
+        "models:/m-<id>); null = none",
+    )
 
 
 _DEFAULT_VARIANTS = {

@@ -357,6 +357,10 @@ def log_trained_model(summary: dict, name: str | None = None) -> dict:
     return summary
 
 
+# local checkpoint path -> the `models:/` URI resolve_model_uri fetched it for (this process)
+_RESOLVED_FROM: dict[str, str] = {}
+
+
 def resolve_model_uri(value: str, where: str = "checkpoint") -> str:
     """A local checkpoint path for `models:/name/version` (or `models:/name@alias`, `models:/<id>`);
     any other value unchanged. Downloads the model's artifacts through MLflow (a local store hands
@@ -370,14 +374,23 @@ def resolve_model_uri(value: str, where: str = "checkpoint") -> str:
     except Exception as exc:
         raise MissingInputError(f"{where}={value!r}: MLflow could not fetch it ({exc})") from exc
     if local.is_file():
-        return str(local)
-    found = sorted(p for p in local.iterdir() if p.suffix in (".pt", ".pth"))
+        found = [local]
+    else:
+        found = sorted(p for p in local.iterdir() if p.suffix in (".pt", ".pth"))
     if len(found) != 1:
         raise MissingInputError(
             f"{where}={value!r}: expected one .pt/.pth checkpoint in the model's artifacts at "
             f"{local}, found {[p.name for p in found]}"
         )
+    _RESOLVED_FROM[str(found[0])] = value
     return str(found[0])
+
+
+def model_uri_of(path: str | os.PathLike) -> str | None:
+    """The `models:/` URI that `resolve_model_uri` turned into the local file `path` in this
+    process (the Kedro hook resolves parameters before a node sees them), else None: how a node
+    labels its output with the model the user named rather than MLflow's artifact folder."""
+    return _RESOLVED_FROM.get(str(path))
 
 
 def resolve_model_uris(value: Any, where: str) -> Any:

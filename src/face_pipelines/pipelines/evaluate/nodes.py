@@ -8,6 +8,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from face_pipelines.device import resolve_device
+from face_pipelines.io.subset import require_path
 from face_pipelines.metrics.benchmarks import (
     benchmark_paths,
     table_metrics,
@@ -17,8 +18,9 @@ from face_pipelines.metrics.benchmarks import (
 from face_pipelines.params import validate_section
 from face_pipelines.reporting.dataset_card import dataset_provenance
 from face_pipelines.reporting.figures import roc_figure
-from face_pipelines.reporting.lineage import lineage_tracking_params
+from face_pipelines.reporting.lineage import file_sha256, lineage_tracking_params
 from face_pipelines.reporting.metrics import flat_metrics
+from face_pipelines.tracking import model_uri_of, resolve_model_uri
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +85,51 @@ def evaluate_recognizers(
     """Verification accuracy (10-fold, flip TTA) of the synthetic- and real-trained recognizers,
     TAR at FAR 1e-4..1e-1 and the ROC per recognizer and benchmark (`roc_outputs`).
 
+    With `evaluate.checkpoint` set, that recognizer (a path or a `models:/` URI) is verified too,
+    as row `checkpoint`, and the table says which one it was (`checkpoint_to_verify`).
+
     The MLflow metrics also carry `dataset.*`: the synthetic set's card measures and recipe knobs
     (reporting.dataset_card.dataset_provenance), so evaluate runs can be compared on their own;
     the card's lineage goes to MLflow params `dataset.*` (see `log_dataset_lineage`).
     """
+    given = checkpoint_to_verify(validate_section("evaluate", evaluate).checkpoint)
     table = verify_recognizers(
         {"synthetic": synthetic_summary, "real": real_summary},
         faceworld_info,
         evaluate,
         common,
+        untrained={"checkpoint": given["path"]} if given else None,
         roc=True,
     )
     curves = table.pop("roc")
+    markdown = verification_markdown(table)
+    if given:
+        table["checkpoint"] = given
+        markdown += (
+            f"\nrow `checkpoint`: {given['parameter']}={given['source']} "
+            f"({given['path']}, sha256 {given['sha256']})\n"
+        )
     metrics = table_metrics(table)
     metrics.update({f"dataset.{k}": v for k, v in dataset_provenance(dataset_card).items()})
     log_dataset_lineage(dataset_card)
     roc_points, figure = roc_outputs(table, curves)
-    return table, verification_markdown(table), flat_metrics(metrics), roc_points, figure
+    return table, markdown, flat_metrics(metrics), roc_points, figure
+
+
+def checkpoint_to_verify(value: str | None, key: str = "evaluate.checkpoint") -> dict | None:
+    """The recognizer parameter `key` names, checked before any work: {parameter, source (the
+    value as the user gave it, a `models:/` URI the hook resolved included), path (the local
+    file), sha256}; None when unset. A missing file or a URI MLflow cannot fetch is an error
+    naming `key`."""
+    if not value:
+        return None
+    local = require_path(
+        resolve_model_uri(value, f"parameter {key}"),
+        key,
+        "a recognizer checkpoint of this project, or models:/name/version",
+    )
+    source = model_uri_of(local) or value
+    return {"parameter": key, "source": source, "path": str(local), "sha256": file_sha256(local)}
 
 
 def log_dataset_lineage(dataset_card: dict) -> dict[str, str]:
