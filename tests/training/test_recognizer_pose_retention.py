@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from face_pipelines.errors import ParameterError
 from face_pipelines.io.packed import PackedWriter
@@ -15,7 +16,11 @@ from face_pipelines.models.inference import (
     predict_pose,
 )
 from face_pipelines.training.attributes import PoseConfig, train_pose_regressor
-from face_pipelines.training.recognizer import RecognizerConfig, train_recognizer
+from face_pipelines.training.recognizer import (
+    RecognizerConfig,
+    appearance_target,
+    train_recognizer,
+)
 
 from .helpers import recorder
 
@@ -116,3 +121,32 @@ def test_the_pose_term_needs_a_pose_model(world, tmp_path):
     )
     with pytest.raises(ParameterError, match="pose_retention.checkpoint"):
         train_recognizer(root / "packed", tmp_path / "x", cfg, "cpu", False)
+
+
+def test_the_appearance_term_keeps_the_thumbnail_readable_without_a_pose_model(world, tmp_path):
+    """The shading ramp is also coarse appearance: a 2x2 thumbnail of each image sees it (left
+    cells darker or brighter than right ones), so regressing the thumbnail keeps it in the raw
+    embedding with no pose model and no label."""
+    root, target, labels, _ = world
+    # 6-d: room for the identity colours the thumbnail also holds, and for the ramp.
+    base = RecognizerConfig.model_validate({**CFG.model_dump(), "embedding_dim": 6})
+    plain = train_recognizer(root / "packed", tmp_path / "plain", base, "cpu", False)
+    cfg = RecognizerConfig.model_validate(
+        {**base.model_dump(), "appearance_retention": {"weight": 3.0, "grid": 2}}
+    )
+    log: dict = {}
+    kept = train_recognizer(root / "packed", tmp_path / "kept", cfg, "cpu", False, recorder(log))
+    losses = [log[f"epoch{e}"]["epoch/appearance_loss"] for e in range(1, CFG.epochs + 1)]
+    assert losses[-1] < losses[0]
+    r2_plain = _probe_r2(_features(plain, root / "packed"), target, labels)
+    r2_kept = _probe_r2(_features(kept, root / "packed"), target, labels)
+    assert r2_kept > r2_plain + 0.3, (r2_plain, r2_kept)
+    print(f"ramp R^2 plain {r2_plain:.3f}, appearance-kept {r2_kept:.3f}")
+
+
+def test_appearance_target_is_the_cell_mean_colour():
+    x = torch.zeros(1, 3, 4, 4)
+    x[0, 0, :, :2] = 1.0  # left half red
+    t = appearance_target(x, 2).view(1, 3, 2, 2)
+    assert torch.allclose(t[0, 0], torch.tensor([[1.0, 0.0], [1.0, 0.0]]))
+    assert torch.count_nonzero(t[0, 1:]) == 0

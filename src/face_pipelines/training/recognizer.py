@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from torch import nn
 
@@ -98,6 +99,23 @@ class PoseRetentionParams(BaseModel):
     scale_deg: float = Field(30.0, gt=0, description="degrees per regression unit (target / scale)")
 
 
+class AppearanceRetentionParams(BaseModel):
+    """Keep the image's coarse appearance readable from the raw embedding (a teacher for Vec2Face).
+
+    Pose is not all a margin loss discards: background, lighting and colour cast go too, and a
+    generator conditioned on such a feature draws their average - every synthetic image of an
+    identity gets the same grey backdrop and the same light (docs/study.md (h3)). With `weight > 0`
+    a linear head on the raw embedding regresses the training image's `grid` x `grid` RGB
+    thumbnail (mean colour per cell, in the network's [-1, 1] input scale), so that coarse
+    appearance stays linearly decodable. No label or extra model is needed: the target is the
+    augmented input image itself, so it works unchanged on real data.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    weight: float = Field(0.0, ge=0, description="weight of the thumbnail regression (0 = off)")
+    grid: int = Field(4, ge=1, le=16, description="thumbnail side: grid x grid cells x 3 colours")
+
+
 class RecognizerConfig(TrainLoopConfig):
     """Recipe of one recognizer training run (backbone, head, optimiser, schedule, devices)."""
 
@@ -129,6 +147,11 @@ class RecognizerConfig(TrainLoopConfig):
         default_factory=PoseRetentionParams,
         description="keep (yaw, pitch) linearly readable from the raw embedding (teachers only)",
     )
+    appearance_retention: AppearanceRetentionParams = Field(
+        default_factory=AppearanceRetentionParams,
+        description="keep a coarse RGB thumbnail of the image linearly readable from the raw "
+        "embedding (teachers only)",
+    )
     channels_last: bool = Field(True, description="channels_last memory format (CUDA and CPU)")
     compile: bool = Field(False, description="torch.compile the backbone (CUDA)")
     devices: int = Field(1, ge=1, description="processes/GPUs; > 1 launches torchrun-style DDP")
@@ -151,21 +174,35 @@ class RecognizerConfig(TrainLoopConfig):
 
 
 class RecognizerNet(nn.Module):
-    """Backbone + margin head (+ the optional pose-retention head) in one module so DDP
-    synchronises all of them."""
+    """Backbone + margin head (+ the optional pose- and appearance-retention heads) in one module
+    so DDP synchronises all of them."""
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, pose_head: nn.Module | None = None):
+    def __init__(
+        self,
+        backbone: nn.Module,
+        head: nn.Module,
+        pose_head: nn.Module | None = None,
+        appearance_head: nn.Module | None = None,
+    ):
         super().__init__()
         self.backbone = backbone
         self.head = head
         self.pose_head = pose_head
+        self.appearance_head = appearance_head
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict]:
         emb = self.backbone(x)
         out = self.head(emb.float(), labels)
         if self.pose_head is not None:
             out = {**out, "pose": self.pose_head(emb.float())}
+        if self.appearance_head is not None:
+            out = {**out, "appearance": self.appearance_head(emb.float())}
         return emb, out
+
+
+def appearance_target(x: torch.Tensor, grid: int) -> torch.Tensor:
+    """[B, 3 * grid * grid]: the mean colour of each cell of a grid x grid split of images x."""
+    return F.adaptive_avg_pool2d(x.float(), grid).flatten(1)
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -183,6 +220,7 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
 def _make_step_fn(cfg: RecognizerConfig, channels_last: bool, pose_model: nn.Module | None = None):
     topo = cfg.method == "topofr"
     pose_w = cfg.pose_retention.weight if pose_model is not None else 0.0
+    appearance_w = cfg.appearance_retention.weight
 
     def step_fn(batch, state: TrainState) -> dict:
         images, labels = batch
@@ -217,6 +255,11 @@ def _make_step_fn(cfg: RecognizerConfig, channels_last: bool, pose_model: nn.Mod
                 pose_loss = nn.functional.mse_loss(out["pose"].float(), target)
                 loss = loss + pose_w * pose_loss
                 metrics["pose_loss"] = float(pose_loss.detach())
+            if appearance_w > 0:
+                target = appearance_target(x_in, cfg.appearance_retention.grid)
+                appearance_loss = F.mse_loss(out["appearance"].float(), target)
+                loss = loss + appearance_w * appearance_loss
+                metrics["appearance_loss"] = float(appearance_loss.detach())
         state.backward_and_step(loss)
         if cfg.sample_rate >= 1.0:
             metrics["accuracy"] = float((out["logits"].argmax(1) == labels).float().mean())
@@ -253,7 +296,10 @@ def _build_recognizer_net(
         for p in pose_model.parameters():
             p.requires_grad_(False)
         pose_head = nn.Linear(cfg.embedding_dim, 2)
-    return RecognizerNet(backbone, head, pose_head), pose_model
+    appearance_head = None
+    if cfg.appearance_retention.weight > 0:
+        appearance_head = nn.Linear(cfg.embedding_dim, 3 * cfg.appearance_retention.grid**2)
+    return RecognizerNet(backbone, head, pose_head, appearance_head), pose_model
 
 
 def _recognizer_train_state(
