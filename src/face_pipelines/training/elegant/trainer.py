@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import nn
+from torch.utils.data import DataLoader
 
 from face_pipelines.device import resolve_device
 from face_pipelines.errors import DataError
@@ -17,6 +18,7 @@ from face_pipelines.io.checkpoint import save_checkpoint
 from face_pipelines.io.packed import PackedImages, array_fingerprint
 from face_pipelines.losses.gan import frozen_parameters
 from face_pipelines.models.elegant import (
+    ELEGANTConfig,
     ELEGANTDiscriminator,
     ELEGANTGenerator,
 )
@@ -171,6 +173,57 @@ def _score_real_pair_edits(
     return scores
 
 
+def _pair_loader(
+    packed: PackedImages, labels: np.ndarray, cfg: ELEGANTTrainConfig, device: torch.device
+) -> DataLoader:
+    """Batches of (A with attribute i, B without) pairs in order, so batch k trains attribute
+    k mod n; `steps_per_epoch` batches an epoch."""
+    dataset = AttributePairDataset(
+        packed, labels, cfg.batch_size, cfg.steps_per_epoch * cfg.batch_size
+    )
+    return make_loader(
+        dataset,
+        cfg.batch_size,
+        shuffle=False,  # batch k trains attribute k mod n (pairs are still random per epoch)
+        seed=cfg.seed,
+        num_workers=cfg.num_workers,
+        device=device,
+    )
+
+
+def _save_generator_and_report(
+    gen: ELEGANTGenerator,
+    model_cfg: ELEGANTConfig,
+    cfg: ELEGANTTrainConfig,
+    packed: PackedImages,
+    labels: np.ndarray,
+    checkpoint: Path,
+    grids: list[str],
+    history: list[dict],
+    scores: dict,
+) -> dict:
+    """Saves the generator to `checkpoint` (attributes and edit scores in its meta) and returns
+    the training report: data sizes, label frequencies, last epoch's metrics, edit scores."""
+    report = {
+        "checkpoint": str(checkpoint),
+        "attributes": list(cfg.attributes),
+        "grids": grids,
+        "images": len(packed),
+        "image_size": packed.image_size,
+        "train_frequency": dict(zip(cfg.attributes, labels.mean(0).tolist(), strict=True)),
+        "final_epoch": dict(history[-1]) if history else {},
+        "edits_of_real_pairs": scores,
+    }
+    save_checkpoint(
+        report["checkpoint"],
+        arch=ELEGANT_ARCH,
+        config=model_cfg.model_dump(),
+        state_dict={k: v.detach().cpu() for k, v in gen.state_dict().items()},
+        meta={"attributes": report["attributes"], "edits_of_real_pairs": scores},
+    )
+    return report
+
+
 def train_elegant(
     packed_root: str | Path,
     labels: np.ndarray,
@@ -200,20 +253,8 @@ def train_elegant(
     torch.manual_seed(cfg.seed)
     gen = ELEGANTGenerator(model_cfg).to(device)
     disc = ELEGANTDiscriminator(model_cfg).to(device)
-    dataset = AttributePairDataset(
-        packed, labels, cfg.batch_size, cfg.steps_per_epoch * cfg.batch_size
-    )
-    loader = make_loader(
-        dataset,
-        cfg.batch_size,
-        shuffle=False,  # batch k trains attribute k mod n (pairs are still random per epoch)
-        seed=cfg.seed,
-        num_workers=cfg.num_workers,
-        device=device,
-    )
+    loader = _pair_loader(packed, labels, cfg, device)
     state = _elegant_train_state(cfg, gen, disc, device)
-    step_fn = _elegant_step_fn(cfg)
-
     pairs = _eval_pairs(labels, cfg.eval_pairs, cfg.seed)
     grids_dir = Path(out_dir) / "grids"
     grids_dir.mkdir(parents=True, exist_ok=True)
@@ -225,7 +266,7 @@ def train_elegant(
         return {f"eval/{k}": v for k, v in evaluate(st.models["gen"], st.device).items()}
 
     history = fit(
-        step_fn,
+        _elegant_step_fn(cfg),
         state,
         loader,
         cfg.epochs,
@@ -244,21 +285,6 @@ def train_elegant(
     scores = evaluate(gen, state.device)
     gen.eval()
     grids = _save_interpolation_grids(gen, packed, pairs, cfg, grids_dir, state.device)
-    report = {
-        "checkpoint": str(Path(out_dir) / "model.pt"),
-        "attributes": list(cfg.attributes),
-        "grids": grids,
-        "images": len(packed),
-        "image_size": packed.image_size,
-        "train_frequency": dict(zip(cfg.attributes, labels.mean(0).tolist(), strict=True)),
-        "final_epoch": dict(history[-1]) if history else {},
-        "edits_of_real_pairs": scores,
-    }
-    save_checkpoint(
-        report["checkpoint"],
-        arch=ELEGANT_ARCH,
-        config=model_cfg.model_dump(),
-        state_dict={k: v.detach().cpu() for k, v in gen.state_dict().items()},
-        meta={"attributes": report["attributes"], "edits_of_real_pairs": scores},
+    return _save_generator_and_report(
+        gen, model_cfg, cfg, packed, labels, Path(out_dir) / "model.pt", grids, history, scores
     )
-    return report
