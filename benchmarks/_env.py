@@ -25,6 +25,17 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def machine() -> dict:
+    """CPU, torch threads, Python, torch and platform: the "machine" entry of a results file."""
+    return {
+        "cpu": cpu_name(),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+
+
 def cpu_device(load_before: float | None) -> dict:
     """The "device" entry of a CPU benchmark's results; `load_before`: the 1-minute load average
     when it started (other processes compete for a shared CPU: read the figures against it)."""

@@ -22,8 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -31,7 +29,7 @@ import numpy as np
 import torch
 import yaml
 
-from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
+from _env import machine  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.models.inference import load_pose_regressor, load_recognizer
 from face_pipelines.training.vec2face import CurveLog, Vec2FaceTrainConfig, train_vec2face
@@ -177,13 +175,7 @@ def main() -> None:
         print_curve(name, curve)
 
     out = {
-        "machine": {
-            "cpu": cpu_name(),
-            "threads": torch.get_num_threads(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "teacher_feature_dim": int(features.shape[1]),
         "recipes": results,
     }

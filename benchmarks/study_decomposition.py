@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
-import sys
 import time
 from pathlib import Path
 
@@ -36,7 +34,7 @@ import torch.nn.functional as F
 import yaml
 from torchvision.transforms.functional import gaussian_blur
 
-from _env import cpu_name  # benchmarks/_env.py (scripts run from benchmarks/)
+from _env import machine  # benchmarks/_env.py (scripts run from benchmarks/)
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.packed import PackedImages, PackedWriter
 from face_pipelines.metrics.benchmarks import verification_table
@@ -152,13 +150,7 @@ def main() -> None:
                 + f"  {r['mean']:>6.2f}  {r['ratio_to_real']:.3f}"
             )
     out = {
-        "machine": {
-            "cpu": cpu_name(),
-            "threads": torch.get_num_threads(),
-            "python": sys.version.split()[0],
-            "torch": torch.__version__,
-            "platform": platform.platform(),
-        },
+        "machine": machine(),
         "images": int(len(labels)),
         "identities": int(len(np.unique(labels))),
         "sharpness": {
