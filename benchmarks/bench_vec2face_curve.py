@@ -62,6 +62,10 @@ RECIPES = {
     # conf/base plus the pose-consistency term: the generator is told to turn the head as the
     # real image is turned (read by the teacher pipeline's pose model, AttrOP's).
     "pose": {"weights": {"pose": 1.0}},
+    # conf/base with the identity and perceptual terms seeing G(f) shifted by up to 4 px: a
+    # pattern that makes the frozen teacher read the identity at one pixel position stops paying,
+    # so the identity G draws has to be one an independent recognizer can learn (docs/study.md (h3)).
+    "jitter": {"teacher_view_jitter": 4},
 }
 
 
