@@ -12,11 +12,6 @@ Rows:
   generator + teacher + pose model), batch 16.
 - render: synthesis.dataset_writer.render_dataset in-process, plain generation + JPEG encode + atomic
   writes + shard markers + manifest.
-- render_attrop_grouped / render_attrop_ungrouped: the same with AttrOP on 10% of each identity's
-  rows (the sampler's default share), steps_max = the largest --steps: grouped = the renderer
-  batches the optimised rows together (AttrOPBatchEditor.batch_key, the default); ungrouped = each
-  batch of 64 plan rows optimises the ~6 AttrOP rows it happens to hold (the renderer before
-  batch_key).
 
     .venv/bin/python benchmarks/bench_attrop.py              # CPU, well under a minute
     .venv/bin/python benchmarks/bench_attrop.py --threads 2 --steps 2 5 10
@@ -42,13 +37,7 @@ import torch
 from torch import nn
 
 from face_pipelines.io.atomic import write_text_atomic
-from face_pipelines.synthesis.attrop import (
-    AttrOPBatchEditor,
-    AttrOPConfig,
-    AttrOPModels,
-    attrop,
-    generate_images,
-)
+from face_pipelines.synthesis.attrop import AttrOPConfig, attrop, generate_images
 from face_pipelines.synthesis.dataset_writer import render_dataset
 
 RESULTS = Path(__file__).resolve().parent / "results" / "attrop.json"
@@ -98,63 +87,6 @@ def make_generator(seed: int = 0) -> ConvGenerator:
     return ConvGenerator()
 
 
-def make_attrop_models() -> AttrOPModels:
-    """Picklable factory of AttrOP's teacher and pose model (random weights, fixed seed)."""
-    torch.manual_seed(1)
-    return AttrOPModels(small_cnn(FEAT_DIM), small_cnn(2), None)
-
-
-class UngroupedEditor:
-    """AttrOPBatchEditor without batch_key: AttrOP sees only the rows of each plan-order batch."""
-
-    def __init__(self, editor: AttrOPBatchEditor) -> None:
-        self.editor = editor
-
-    def fingerprint(self) -> str:
-        return "ungrouped-" + self.editor.fingerprint()
-
-    def __call__(self, generator, vectors, rows, torch_generator=None):
-        return self.editor(generator, vectors, rows, torch_generator=torch_generator)
-
-
-def render_with_attrop(n: int, steps: int, rng: np.random.Generator, tmp: Path) -> list[dict]:
-    """Render n images (20 per identity, 2 of them with an unreachable yaw target) with AttrOP's
-    rows grouped into their own batches and without."""
-    per_id = 20
-    plan = pd.DataFrame({"identity": np.arange(n) // per_id, "index": np.arange(n) % per_id})
-    plan["attrop"] = plan["index"] % 10 == 3
-    plan["yaw_target"] = np.where(plan["attrop"], 1000.0, np.nan)
-    vectors = rng.standard_normal((n, FEAT_DIM)).astype(np.float32)
-    centres = rng.standard_normal((n // per_id, FEAT_DIM)).astype(np.float32)
-    grouped = AttrOPBatchEditor(centres, make_attrop_models, AttrOPConfig(steps_max=steps))
-    rows = []
-    for name, editor in (("grouped", grouped), ("ungrouped", UngroupedEditor(grouped))):
-        t0 = time.perf_counter()
-        _, report = render_dataset(
-            plan,
-            vectors,
-            functools.partial(make_generator),
-            tmp / name,
-            shard_identities=50,
-            batch_size=64,
-            attrop=editor,
-            progress=False,
-        )
-        seconds = time.perf_counter() - t0
-        assert report["attrop_rows"] == int(plan["attrop"].sum())
-        rows.append(
-            {
-                "task": f"render_attrop_{name}",
-                "steps": steps,
-                "batch": 64,
-                "times_s": [seconds],
-                "images": n,
-                "attrop_rows": report["attrop_rows"],
-            }
-        )
-    return rows
-
-
 def timed(fn, repeats: int) -> list[float]:
     fn()  # warm-up
     out = []
@@ -173,7 +105,6 @@ def main() -> None:
     parser.add_argument("--attrop-batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--render-images", type=int, default=128)
-    parser.add_argument("--render-attrop-images", type=int, default=640)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -229,17 +160,14 @@ def main() -> None:
             "batch": 64,
             "times_s": render_times,
             "shards": report["shards"],
-            "images": n,
         }
     )
-    with tempfile.TemporaryDirectory() as tmp:
-        results += render_with_attrop(args.render_attrop_images, max(args.steps), rng, Path(tmp))
 
     base = None
     for r in results:
         r["median_s"] = statistics.median(r["times_s"])
         r["min_s"] = min(r["times_s"])
-        images = r.get("images", r["batch"])
+        images = n if r["task"] == "render" else r["batch"]
         r["img_per_s"] = images / r["median_s"]
         r["best_img_per_s"] = images / r["min_s"]
         if r["task"] == "generate":
@@ -248,12 +176,12 @@ def main() -> None:
         r["slowdown_vs_generate"] = base / r["best_img_per_s"] if base else None
 
     print(
-        f"{'task':<24} {'steps':>5} {'batch':>5} {'median_s':>9} {'min_s':>8} {'img/s':>8} "
+        f"{'task':<10} {'steps':>5} {'batch':>5} {'median_s':>9} {'min_s':>8} {'img/s':>8} "
         f"{'best':>8} {'x slower':>9}"
     )
     for r in results:
         print(
-            f"{r['task']:<24} {r['steps']:>5} {r['batch']:>5} {r['median_s']:>9.3f} "
+            f"{r['task']:<10} {r['steps']:>5} {r['batch']:>5} {r['median_s']:>9.3f} "
             f"{r['min_s']:>8.3f} {r['img_per_s']:>8.1f} {r['best_img_per_s']:>8.1f} "
             f"{r['slowdown_vs_generate']:>9.2f}"
         )

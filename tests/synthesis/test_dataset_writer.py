@@ -344,47 +344,6 @@ def test_attrop_editor_columns(tmp_path):
     assert report["shards_rendered"] == 1
 
 
-class GroupingEditor:
-    """Paints each row's image with a grey level of its own and echoes the row back as a column,
-    recording the `flag` values of every batch it is given; `batch_key` groups flagged rows."""
-
-    def __init__(self):
-        self.batches: list[list[bool]] = []
-
-    def batch_key(self, rows):
-        return (~rows["flag"].to_numpy(bool)).astype(int)
-
-    def __call__(self, generator, vectors, rows, torch_generator=None):
-        self.batches.append(rows["flag"].tolist())
-        code = (rows["identity"] * PER_ID + rows["index"]).to_numpy()
-        images = np.repeat((code * 9 % 250).astype(np.uint8), SIZE * SIZE * 3)
-        images = images.reshape(len(rows), SIZE, SIZE, 3)
-        return images, {"echo": code.astype(np.float64), "flag_seen": rows["flag"].to_numpy()}
-
-
-def test_editor_batch_key_groups_rows_and_keeps_plan_order(tmp_path):
-    plan, vectors = make_plan()
-    plan["flag"] = plan["index"] % 3 == 1  # one row in three, spread over every identity
-    editor = GroupingEditor()
-    manifest, report = render(tmp_path / "ds", plan, vectors, attrop=editor)
-    assert report["complete"] and report["shards"] == 3
-    # Within each shard the flagged rows are cut into batches first (identities {0,1}, {2,3}, {4}:
-    # 2, 2 and 1 flagged rows), so with batches of 2 they share a batch instead of each sitting
-    # next to unflagged rows as in plan order.
-    expected = []
-    for n_ids in (2, 2, 1):
-        expected += [True] * n_ids + [False] * (n_ids * (PER_ID - 1))
-    assert [f for b in editor.batches for f in b] == expected
-    assert [True, True] in editor.batches
-    # Columns and images are written back to their own rows, whatever the batch order.
-    code = (manifest["identity"] * PER_ID + manifest["index"]).to_numpy()
-    np.testing.assert_array_equal(manifest["echo"].to_numpy(), code)
-    np.testing.assert_array_equal(manifest["flag_seen"].to_numpy(), manifest["flag"].to_numpy())
-    pixels = read_pixels(tmp_path / "ds", manifest["path"])
-    for path, c in zip(manifest["path"], code, strict=True):
-        assert abs(float(pixels[path].mean()) - c * 9 % 250) < 2, path
-
-
 def test_export_recordio(reference, tmp_path):
     root, plan, _, manifest, _ = reference
     rec = tmp_path / "train.rec"

@@ -706,13 +706,6 @@ class AttrOPBatchEditor:
             self._device = device
         return self._models
 
-    def batch_key(self, rows: pd.DataFrame) -> np.ndarray:
-        """0 for the rows AttrOP optimises, 1 for the rest: the renderer batches them apart, so
-        the optimised rows step together in full batches (dataset_writer.BatchEditor)."""
-        if self.attrop_column not in rows.columns:
-            return np.zeros(len(rows), np.int64)
-        return (~rows[self.attrop_column].fillna(False).to_numpy(dtype=bool)).astype(np.int64)
-
     def _column(self, rows: pd.DataFrame, name: str) -> np.ndarray:
         if name not in rows.columns:
             return np.full(len(rows), np.nan)
