@@ -66,6 +66,15 @@ RECIPES = {
     # pattern that makes the frozen teacher read the identity at one pixel position stops paying,
     # so the identity G draws has to be one an independent recognizer can learn (docs/study.md (h3)).
     "jitter": {"teacher_view_jitter": 4},
+    # conf/base at a quarter of the batch: four times the optimiser steps for the same images and
+    # about the same CPU time (the 5-epoch default takes ~760 steps, and (h3) found the generator
+    # still far from converged there: more steps, not more capacity, was what moved `recon`).
+    "b16": {"batch_size": 16},
+    # conf/base with the image decoder twice as wide (32 base channels).
+    "wide": {"model": {"grid_embed": "per_token", "ch": 32}},
+    # conf/base with the linear path from f to the image, fitted in closed form before step 1
+    # (model.linear_base, linear_base_init: ridge): the decoder learns a residual (docs/study.md (h4)).
+    "linbase": {"model": {"grid_embed": "per_token", "ch": 16, "linear_base": True}},
 }
 
 

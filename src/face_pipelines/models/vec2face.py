@@ -186,6 +186,16 @@ class Vec2FaceConfig(BaseModel):
         "with h the branch output (the block input never reaches the output). Only for the "
         "released weights, which were trained that way; False is the normal residual.",
     )
+    linear_base: bool = Field(
+        False,
+        description="Add a linear path from the vector straight to the image: image = "
+        "image_decoder(tokens) + Linear(f) reshaped to [3, H, W], so the decoder learns a residual "
+        "on top of a linear reconstruction. Vec2FaceTrainConfig.linear_base_init fits it in closed "
+        "form (ridge regression of the training images on their features) before the first step; "
+        "on CPU budgets the transformer path starts from the mean face and a closed-form linear map "
+        "of f renders identity better than 10 trained epochs of it (docs/study.md (h4)). Not in the "
+        "released weights.",
+    )
     fp32_transformer: bool = Field(
         False,
         description="Run the transformer blocks outside autocast "
@@ -574,6 +584,13 @@ class Vec2Face(nn.Module):
             shortcut_on_branch=cfg.shortcut_on_branch,
         )
         self.initialize_weights()
+        # Created after the ViT initialisation (which draws random numbers), zero-initialised: the
+        # other modules' initial weights are the same with or without it.
+        self.linear_base = None
+        if cfg.linear_base:
+            self.linear_base = nn.Linear(cfg.feat_dim, 3 * cfg.image_size**2)
+            nn.init.zeros_(self.linear_base.weight)
+            nn.init.zeros_(self.linear_base.bias)
 
     def _block(self, dim: int, heads: int) -> Block:
         cfg = self.config
@@ -719,6 +736,9 @@ class Vec2Face(nn.Module):
         latent, target = self.forward_encoder(features, row_mask)
         tokens = self.forward_decoder(latent, row_mask)
         image = self.forward_image(tokens)
+        if self.linear_base is not None:
+            size = self.config.image_size
+            image = image + self.linear_base(features).view(-1, 3, size, size).to(image.dtype)
         return {
             "image": image,
             "tokens_pred": self.token_head(tokens),

@@ -106,6 +106,18 @@ class Vec2FaceTrainConfig(TrainLoopConfig):
         None,
         description="LPIPS v0.1 linear-layer weights (the lpips package's weights/v0.1/vgg.pth)",
     )
+    linear_base_init: Literal["ridge", "zero"] = Field(
+        "ridge",
+        description="with model.linear_base: ridge = fit the linear path in closed form (ridge "
+        "regression of the training images on their standardised features) before the first "
+        "step; zero = start it at zero and let it train with the rest",
+    )
+    linear_base_alpha: float = Field(
+        1e-3,
+        gt=0,
+        description="ridge strength of linear_base_init=ridge, per training image (the penalty is "
+        "alpha * n_images on standardised features)",
+    )
     lr_d: float = Field(2e-4, gt=0, description="discriminator AdamW lr (constant)")
     betas: tuple[float, float] = Field((0.9, 0.99), description="AdamW betas (G and D)")
     weight_decay: float = Field(0.05, ge=0, description="AdamW weight decay of G")
@@ -161,6 +173,56 @@ def build_generator(cfg: Vec2FaceTrainConfig, feat_dim: int, image_size: int) ->
             "vec2face.train.model.image_size/grid_size/ch_mult to match subset.image_size"
         )
     return Vec2Face(**params)
+
+
+def fit_linear_base(
+    gen: Vec2Face,
+    packed: PackedImages,
+    features: np.ndarray,
+    rows: np.ndarray,
+    alpha: float,
+    batch_size: int = 1024,
+) -> dict:
+    """Set `gen.linear_base` to the ridge regression of the images `rows` on their features.
+
+    Features are standardised per dimension (the fit is solved in that basis and folded back into
+    the layer, which takes raw features), images are in the generator's [-1, 1] NCHW layout; the
+    images are streamed in batches, so memory is D x (D + 3HW) whatever the image count. Returns
+    the fit's mean squared error on those images and the mean image's, for the log.
+    """
+    if gen.linear_base is None:
+        raise ValueError("fit_linear_base needs a generator built with model.linear_base: true")
+    rows = np.asarray(rows, dtype=np.int64)
+    f = np.asarray(features[rows], dtype=np.float64)
+    mean, std = f.mean(0), f.std(0) + 1e-6
+    z = (f - mean) / std
+    ata = z.T @ z
+    aty = np.zeros((z.shape[1], gen.linear_base.out_features))
+    y_sum = np.zeros(gen.linear_base.out_features)
+    y_sq = 0.0
+    for start in range(0, len(rows), batch_size):
+        part = slice(start, start + batch_size)
+        images, _ = packed.get_batch(rows[part])
+        y = hwc_to_input(images).reshape(len(images), -1).double().numpy()
+        aty += z[part].T @ y
+        y_sum += y.sum(0)
+        y_sq += float((y**2).sum())
+    n = len(rows)
+    y_mean = y_sum / n
+    aty -= np.outer(z.sum(0), y_mean)  # centre the targets: z has zero mean, so this is ~0
+    weight = np.linalg.solve(ata + alpha * n * np.eye(len(ata)), aty)  # [D, P]
+    with torch.no_grad():
+        gen.linear_base.weight.copy_(torch.from_numpy((weight / std[:, None]).T))
+        gen.linear_base.bias.copy_(torch.from_numpy(y_mean - (mean / std) @ weight))
+    # Residual sum of squares from the normal equations ((A + lambda I) W = B):
+    # ||Y - ybar||^2 - tr(W^T B) - lambda ||W||^2.
+    total = y_sq - n * float((y_mean**2).sum())
+    explained = float((weight * aty).sum()) + alpha * n * float((weight**2).sum())
+    size = gen.linear_base.out_features
+    return {
+        "linear_base_mse": max(total - explained, 0.0) / (n * size),
+        "mean_image_mse": total / (n * size),
+    }
 
 
 def _perceptual(maps_fake: list[torch.Tensor], maps_real: list[torch.Tensor]) -> torch.Tensor:
@@ -641,7 +703,14 @@ def train_vec2face(
     if len(features) != len(packed):
         raise ValueError(f"{len(features)} features for {len(packed)} packed images")
     torch.manual_seed(cfg.seed)
-    gen = build_generator(cfg, features.shape[1], packed.image_size).to(device)
+    gen = build_generator(cfg, features.shape[1], packed.image_size)
+    train_rows, held_rows = heldout_identity_split(
+        packed.labels, cfg.heldout_identities, cfg.seed, min_held=2
+    )
+    linear_fit = None
+    if gen.linear_base is not None and cfg.linear_base_init == "ridge":
+        linear_fit = fit_linear_base(gen, packed, features, train_rows, cfg.linear_base_alpha)
+    gen = gen.to(device)
     ema = copy.deepcopy(gen).eval().requires_grad_(False)
     disc = build_discriminator(cfg.discriminator_preset, num_scales=cfg.discriminator_scales)
     disc = disc.to(device)
@@ -655,9 +724,6 @@ def train_vec2face(
     if cfg.weights.pose > 0 and pose_model is None:
         raise ValueError("vec2face.train.weights.pose > 0 needs a pose model (the teacher's)")
 
-    train_rows, held_rows = heldout_identity_split(
-        packed.labels, cfg.heldout_identities, cfg.seed, min_held=2
-    )
     ds = PackedTargetDataset(packed, features)
     ds.indices = train_rows
     loader = make_loader(
@@ -695,6 +761,8 @@ def train_vec2face(
     report["curve"] = monitor.curve.add(cfg.epochs, seconds, report)
     Image.fromarray(monitor.grid(ema, state.device)).save(monitor.grids_dir / "final.png")
     _save_generator(Path(out_dir) / "model.pt", ema, features, packed.image_size, report)
+    if linear_fit is not None:
+        report["linear_base_fit"] = {k: round(v, 5) for k, v in linear_fit.items()}
     return {
         "checkpoint": str(Path(out_dir) / "model.pt"),
         "grid": str(monitor.grids_dir / "final.png"),
