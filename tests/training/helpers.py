@@ -10,6 +10,22 @@ from torch import nn
 
 from face_pipelines.io.packed import PackedWriter
 
+# A Vec2Face small enough for unit tests (32 px from a 2x2 grid).
+TINY_VEC2FACE = {
+    "image_size": 32,
+    "grid_size": 2,
+    "width": 16,
+    "depth": 1,
+    "num_heads": 2,
+    "decoder_width": 16,
+    "decoder_depth": 1,
+    "decoder_num_heads": 2,
+    "z_channels": 8,
+    "ch": 4,
+    "ch_mult": (1, 1, 1, 2, 2),
+    "num_res_blocks": (0, 1, 1, 1, 1),
+}
+
 
 def make_packed(root: Path, n: int = 48, size: int = 8, classes: int = 4, seed: int = 0) -> Path:
     """A packed folder of `n` images whose mean colour depends on the class (learnable)."""

@@ -19,7 +19,7 @@ from face_pipelines.training.vec2face import (
 )
 from tests.cards import minimal_card
 
-from .helpers import make_packed
+from .helpers import TINY_VEC2FACE, make_packed
 
 
 class MeanBrightnessPose(nn.Module):
@@ -31,22 +31,8 @@ class MeanBrightnessPose(nn.Module):
 
 
 def _tiny_config(**kw) -> Vec2FaceTrainConfig:
-    model = {
-        "image_size": 32,
-        "grid_size": 2,
-        "width": 16,
-        "depth": 1,
-        "num_heads": 2,
-        "decoder_width": 16,
-        "decoder_depth": 1,
-        "decoder_num_heads": 2,
-        "z_channels": 8,
-        "ch": 4,
-        "ch_mult": (1, 1, 1, 2, 2),
-        "num_res_blocks": (0, 1, 1, 1, 1),
-    }
     base = {
-        "model": model,
+        "model": TINY_VEC2FACE,
         "epochs": 3,
         "batch_size": 16,
         "gan_start_epoch": 2,

@@ -10,18 +10,13 @@ from face_pipelines.io.packed import PackedImages, PackedWriter
 from face_pipelines.models.vec2face import Vec2Face
 from face_pipelines.training.vec2face import fit_linear_base
 
+from .helpers import TINY_VEC2FACE
+
+# 16 px: one upsampling level fewer than the shared tiny model.
 TINY = {
+    **TINY_VEC2FACE,
     "feat_dim": 6,
     "image_size": 16,
-    "grid_size": 2,
-    "width": 16,
-    "depth": 1,
-    "num_heads": 2,
-    "decoder_width": 16,
-    "decoder_depth": 1,
-    "decoder_num_heads": 2,
-    "z_channels": 8,
-    "ch": 4,
     "ch_mult": (1, 1, 2, 2),
     "num_res_blocks": (0, 1, 1, 1),
 }
