@@ -74,3 +74,50 @@ def test_ridge_fit_needs_the_path():
     gen = Vec2Face(**TINY)
     with pytest.raises(ValueError, match="linear_base: true"):
         fit_linear_base(gen, None, np.zeros((4, 6)), np.arange(4), alpha=1.0)
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_trainer_fits_the_path_and_keeps_it_frozen_unless_asked(tmp_path, trainable):
+    from face_pipelines.io.checkpoint import load_checkpoint
+    from face_pipelines.models.registry import build_backbone
+    from face_pipelines.training.vec2face import Vec2FaceTrainConfig, train_vec2face
+
+    from .helpers import make_packed
+
+    packed_root = make_packed(tmp_path / "packed", n=48, size=32, classes=8)
+    labels = np.arange(48) % 8
+    rng = np.random.default_rng(0)
+    feats = (rng.normal(size=(8, 24))[labels] + 0.1 * rng.normal(size=(48, 24))).astype(np.float32)
+    kw = {"widths": (4, 4, 8, 8), "stem_width": 4, "input_size": 32, "embedding_dim": 24}
+    cfg = Vec2FaceTrainConfig(
+        model={**TINY_VEC2FACE, "linear_base": True},
+        linear_base_trainable=trainable,
+        epochs=1,
+        batch_size=16,
+        eval_images=8,
+        grid_identities=2,
+        heldout_identities=0.25,
+        discriminator_scales=1,
+        ema_decay=0.0,  # the saved EMA is the trained generator itself
+    )
+    report = train_vec2face(
+        packed_root,
+        feats,
+        build_backbone("small", **kw),
+        build_backbone("small", **(kw | {"embedding_dim": 8})),
+        tmp_path / "gen",
+        tmp_path / "grids",
+        cfg,
+        progress=False,
+    )
+    fit = report["linear_base_fit"]
+    assert 0 <= fit["linear_base_mse"] < fit["mean_image_mse"]
+    # The closed-form fit of the same rows, recomputed here.
+    reference = Vec2Face(**{**TINY_VEC2FACE, "feat_dim": 24, "linear_base": True})
+    from face_pipelines.training.data import heldout_identity_split
+
+    rows, _ = heldout_identity_split(labels, 0.25, cfg.seed, min_held=2)
+    fit_linear_base(reference, PackedImages(packed_root), feats, rows, cfg.linear_base_alpha)
+    saved = load_checkpoint(report["checkpoint"])["state_dict"]
+    same = torch.allclose(saved["linear_base.weight"], reference.linear_base.weight, atol=1e-6)
+    assert same is not trainable

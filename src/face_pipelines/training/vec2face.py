@@ -112,6 +112,13 @@ class Vec2FaceTrainConfig(TrainLoopConfig):
         "regression of the training images on their standardised features) before the first "
         "step; zero = start it at zero and let it train with the rest",
     )
+    linear_base_trainable: bool = Field(
+        False,
+        description="with model.linear_base: let the identity, perceptual and GAN terms train the "
+        "linear path too. Off: it stays the closed-form fit and the decoder learns the residual - "
+        "a full-resolution linear layer trained by the teacher's identity loss draws per-pixel "
+        "patterns the teacher reads (docs/study.md (h4))",
+    )
     linear_base_alpha: float = Field(
         1e-3,
         gt=0,
@@ -523,7 +530,10 @@ def _vec2face_train_state(
 ) -> TrainState:
     """AdamW for G (warm-up + half-cosine) and D (constant lr); the EMA copy rides along."""
     opt_g = torch.optim.AdamW(
-        gen.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        (p for p in gen.parameters() if p.requires_grad),
+        lr=cfg.lr,
+        betas=cfg.betas,
+        weight_decay=cfg.weight_decay,
     )
     opt_d = torch.optim.AdamW(disc.parameters(), lr=cfg.lr_d, betas=cfg.betas, weight_decay=0.0)
     sched = build_scheduler(
@@ -710,6 +720,8 @@ def train_vec2face(
     linear_fit = None
     if gen.linear_base is not None and cfg.linear_base_init == "ridge":
         linear_fit = fit_linear_base(gen, packed, features, train_rows, cfg.linear_base_alpha)
+    if gen.linear_base is not None and not cfg.linear_base_trainable:
+        gen.linear_base.requires_grad_(False)
     gen = gen.to(device)
     ema = copy.deepcopy(gen).eval().requires_grad_(False)
     disc = build_discriminator(cfg.discriminator_preset, num_scales=cfg.discriminator_scales)
