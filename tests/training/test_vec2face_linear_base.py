@@ -111,6 +111,8 @@ def test_trainer_fits_the_path_and_keeps_it_frozen_unless_asked(tmp_path, traina
         progress=False,
     )
     fit = report["linear_base_fit"]
+    floor = report["linear_baseline"]  # the plain linear map, on the same held-out pairs
+    assert {"judge_identity_cos_mean", "ssim_mean", "pixel_spread_generated"} <= set(floor)
     assert 0 <= fit["linear_base_mse"] < fit["mean_image_mse"]
     # The closed-form fit of the same rows, recomputed here.
     reference = Vec2Face(**{**TINY_VEC2FACE, "feat_dim": 24, "linear_base": True})
@@ -121,3 +123,16 @@ def test_trainer_fits_the_path_and_keeps_it_frozen_unless_asked(tmp_path, traina
     saved = load_checkpoint(report["checkpoint"])["state_dict"]
     same = torch.allclose(saved["linear_base.weight"], reference.linear_base.weight, atol=1e-6)
     assert same is not trainable
+
+
+def test_linear_renderer_draws_what_the_fit_says(tmp_path):
+    from face_pipelines.training.vec2face import LinearRenderer, generate_batched
+
+    packed, feats = _linear_world(tmp_path / "packed")
+    floor = LinearRenderer(6, 16)
+    fit_linear_base(floor, packed, feats, np.arange(80), alpha=1e-6)
+    drawn = generate_batched(floor, feats[80:], "cpu").astype(np.float32)
+    real, _ = packed.get_batch(np.arange(80, 96))
+    assert drawn.shape == real.shape
+    assert np.abs(drawn - real).mean() < 2.0  # grey levels; the mean image is ~20 away
+    assert np.abs(real.astype(np.float32) - real.mean(0)).mean() > 10
