@@ -75,6 +75,12 @@ RECIPES = {
     # conf/base with the linear path from f to the image, fitted in closed form before step 1
     # (model.linear_base, linear_base_init: ridge): the decoder learns a residual (docs/study.md (h4)).
     "linbase": {"model": {"grid_embed": "per_token", "ch": 16, "linear_base": True}},
+    # linbase without the GAN terms (gan_start_epoch beyond the run): with --epochs 3 the cheap
+    # schedule (the linear path's held-out measures peaked by epoch 2 of the 5-epoch run).
+    "linbase_nogan": {
+        "model": {"grid_embed": "per_token", "ch": 16, "linear_base": True},
+        "gan_start_epoch": 1000,
+    },
 }
 
 

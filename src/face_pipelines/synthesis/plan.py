@@ -3,7 +3,7 @@ AttrOP for. Combines sampling (centres, intra-class vectors) with attribute targ
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -16,6 +16,7 @@ from face_pipelines.synthesis.sampling import (
     fit_centre_distribution,
     intra_class_vectors,
     sample_identity_centres,
+    within_identity_noise_factor,
 )
 
 
@@ -103,7 +104,16 @@ class SampleConfig(CentreSamplingConfig):
     sigma_mix: list[tuple[float, float]] = Field(
         [(0.3, 0.4), (0.5, 0.4), (0.7, 0.2)],
         description="(sigma, proportion) of intra-class noise; sigma relative to the real "
-        "features' per-dimension std",
+        "features' per-dimension std (noise: per_dim) or within-identity spread (within_identity)",
+    )
+    noise: Literal["per_dim", "within_identity"] = Field(
+        "per_dim",
+        description="shape of the intra-class noise. per_dim (the paper's): independent per "
+        "dimension, scaled by the real features' std. within_identity: Gaussian with the real "
+        "within-identity covariance, so a vector moves the way real images of one person move "
+        "the feature. A teacher whose features span few directions (FaceWorld's: 32 of 256 hold "
+        "99% of the variance) gets per_dim noise mostly in directions no real image uses, and "
+        "a generator that reads them renders off-distribution faces (docs/study.md (h4))",
     )
     attrop: AttrOPTargets = Field(default_factory=AttrOPTargets)
 
@@ -203,8 +213,13 @@ def make_identity_plan(
     centres, k, report, gen = sample_centres(
         features, labels, cfg, fit_centres, device=device, progress=progress
     )
+    shape = (
+        {"noise_factor": within_identity_noise_factor(features, labels)}
+        if cfg.noise == "within_identity"
+        else {"feature_std": features.std(0)}
+    )
     vectors, plan = intra_class_vectors(
-        centres, k, [tuple(x) for x in cfg.sigma_mix], feature_std=features.std(0), generator=gen
+        centres, k, [tuple(x) for x in cfg.sigma_mix], generator=gen, **shape
     )
     plan = _add_attrop_targets(plan, cfg.attrop, np.linalg.norm(features, axis=1), gen)
     report = {

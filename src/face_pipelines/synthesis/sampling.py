@@ -538,12 +538,36 @@ def _accept_greedily(unit: torch.Tensor, alive: torch.Tensor, threshold: float) 
 # ----------------------------------------------------------------------------- intra-class vectors
 
 
+def within_identity_noise_factor(features, labels, ridge: float = 1e-6) -> np.ndarray:
+    """A [D, D] factor L with L L^T = the real features' within-identity covariance.
+
+    Noise z @ L.T (z ~ N(0, I)) then varies a vector the way real images of one person vary in
+    feature space - along the directions pose, light and background move the feature, not along
+    directions no real image moves it. `ridge` (times the mean variance) keeps L defined when the
+    covariance is singular (fewer images than dimensions).
+    """
+    f = as_matrix(features, "features").double().numpy()
+    labels = np.asarray(labels)
+    if labels.shape != (len(f),):
+        raise DataError(f"labels: expected shape ({len(f)},), got {labels.shape}")
+    _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+    if (counts >= 2).sum() < 2:
+        raise DataError("within-identity noise needs at least 2 identities with >= 2 images each")
+    sums = np.zeros((len(counts), f.shape[1]))
+    np.add.at(sums, inverse, f)
+    residual = f - (sums / counts[:, None])[inverse]
+    cov = residual.T @ residual / max(len(f) - len(counts), 1)
+    cov += ridge * max(float(np.trace(cov)) / len(cov), 1e-12) * np.eye(len(cov))
+    return np.linalg.cholesky(cov)
+
+
 def intra_class_vectors(
     centres,
     images_per_identity: int,
     sigma_mix: Sequence[tuple[float, float]] = DEFAULT_SIGMA_MIX,
     feature_std=None,
     generator: GeneratorLike = None,
+    noise_factor=None,
 ) -> tuple[np.ndarray, pd.DataFrame]:
     """Per-image vectors around each identity centre.
 
@@ -562,6 +586,9 @@ def intra_class_vectors(
         feature_std: the real features' per-dimension std ([D] or a scalar), so that sigma is
             relative to the real spread; None = 1 (sigma in raw feature units, as upstream).
         generator: int seed, numpy Generator, CPU torch.Generator, or None (torch global RNG).
+        noise_factor: instead of feature_std, a [D, D] factor L (within_identity_noise_factor):
+            row r is centre_c + sigma_r * z @ L.T, so sigma is relative to the real
+            within-identity spread and the noise follows its directions.
 
     Returns:
         (float32 [C * k, D] vectors, plan DataFrame with columns identity (int64), index
@@ -577,6 +604,15 @@ def intra_class_vectors(
         raise ParameterError(f"images_per_identity: expected >= 1, got {images_per_identity}")
     sigmas, proportions = _check_sigma_mix(sigma_mix)
     std = _check_feature_std(feature_std, d)
+    factor = None
+    if noise_factor is not None:
+        if feature_std is not None:
+            raise ParameterError("give feature_std or noise_factor, not both")
+        factor = torch.as_tensor(np.asarray(noise_factor, dtype=np.float32))
+        if factor.shape != (d, d) or not torch.isfinite(factor).all():
+            raise ParameterError(
+                f"noise_factor: expected a finite [{d}, {d}] matrix, got {tuple(factor.shape)}"
+            )
     gen = make_generator(generator)
 
     counts = _sigma_counts(n_ids, k, proportions)
@@ -589,7 +625,8 @@ def intra_class_vectors(
         b = min(n_ids, a + ids_per_chunk)
         rep = c[a:b].repeat_interleave(k, dim=0)
         z = torch.randn(rep.shape, generator=gen)
-        v = rep + sigma_t[a * k : b * k, None] * std[None, :] * z
+        noise = z @ factor.T if factor is not None else std[None, :] * z
+        v = rep + sigma_t[a * k : b * k, None] * noise
         v = v * (rep.norm(dim=1, keepdim=True) / v.norm(dim=1, keepdim=True).clamp_min(1e-12))
         out[a * k : b * k] = v.numpy()
     plan = pd.DataFrame(
