@@ -705,6 +705,66 @@ class _HeldOutMonitor:
         return out
 
 
+def _initial_generator(
+    cfg: Vec2FaceTrainConfig, packed: PackedImages, features: np.ndarray, train_rows: np.ndarray
+) -> tuple[Vec2Face, dict | None]:
+    """G before the first step (seeded), its linear path fitted and frozen as `cfg` says; returns
+    (G, the fit's summary or None)."""
+    torch.manual_seed(cfg.seed)
+    gen = build_generator(cfg, features.shape[1], packed.image_size)
+    linear_fit = None
+    if gen.linear_base is not None and cfg.linear_base_init == "ridge":
+        linear_fit = fit_linear_base(gen, packed, features, train_rows, cfg.linear_base_alpha)
+    if gen.linear_base is not None and not cfg.linear_base_trainable:
+        gen.linear_base.requires_grad_(False)
+    return gen, linear_fit
+
+
+def _linear_baseline(
+    cfg: Vec2FaceTrainConfig,
+    packed: PackedImages,
+    features: np.ndarray,
+    train_rows: np.ndarray,
+    monitor: _HeldOutMonitor,
+    device: torch.device,
+) -> dict:
+    """The held-out measures of a plain ridge map f -> image (LinearRenderer)."""
+    floor = LinearRenderer(features.shape[1], packed.image_size)
+    fit_linear_base(floor, packed, features, train_rows, cfg.linear_base_alpha)
+    measured = monitor.evaluate(floor.to(device), device)
+    return {k: v for k, v in measured.items() if isinstance(v, float)}
+
+
+def _finish(
+    cfg: Vec2FaceTrainConfig,
+    state: TrainState,
+    monitor: _HeldOutMonitor,
+    linear_fit: dict | None,
+    packed: PackedImages,
+    features: np.ndarray,
+    train_rows: np.ndarray,
+    out_dir: Path,
+) -> dict:
+    """The trained EMA generator's report, final grid and checkpoint (model.pt)."""
+    ema = state.models["ema"]
+    seconds = monitor.curve.seconds()
+    report = monitor.evaluate(ema, state.device)
+    report["curve"] = monitor.curve.add(cfg.epochs, seconds, report)
+    if linear_fit is not None:
+        report["linear_base_fit"] = {k: round(v, 5) for k, v in linear_fit.items()}
+    if cfg.linear_baseline:
+        report["linear_baseline"] = _linear_baseline(
+            cfg, packed, features, train_rows, monitor, state.device
+        )
+    Image.fromarray(monitor.grid(ema, state.device)).save(monitor.grids_dir / "final.png")
+    _save_generator(out_dir / "model.pt", ema, features, packed.image_size, report)
+    return {
+        "checkpoint": str(out_dir / "model.pt"),
+        "grid": str(monitor.grids_dir / "final.png"),
+        **report,
+    }
+
+
 def train_vec2face(
     packed_root: str | Path,
     features: np.ndarray,
@@ -737,16 +797,10 @@ def train_vec2face(
     features = np.asarray(features, dtype=np.float32)
     if len(features) != len(packed):
         raise ValueError(f"{len(features)} features for {len(packed)} packed images")
-    torch.manual_seed(cfg.seed)
-    gen = build_generator(cfg, features.shape[1], packed.image_size)
     train_rows, held_rows = heldout_identity_split(
         packed.labels, cfg.heldout_identities, cfg.seed, min_held=2
     )
-    linear_fit = None
-    if gen.linear_base is not None and cfg.linear_base_init == "ridge":
-        linear_fit = fit_linear_base(gen, packed, features, train_rows, cfg.linear_base_alpha)
-    if gen.linear_base is not None and not cfg.linear_base_trainable:
-        gen.linear_base.requires_grad_(False)
+    gen, linear_fit = _initial_generator(cfg, packed, features, train_rows)
     gen = gen.to(device)
     ema = copy.deepcopy(gen).eval().requires_grad_(False)
     disc = build_discriminator(cfg.discriminator_preset, num_scales=cfg.discriminator_scales)
@@ -792,21 +846,4 @@ def train_vec2face(
             "data": {"images": packed.fingerprint(), "features": array_fingerprint(features)},
         },
     )
-    ema = state.models["ema"]
-    seconds = monitor.curve.seconds()
-    report = monitor.evaluate(ema, state.device)
-    report["curve"] = monitor.curve.add(cfg.epochs, seconds, report)
-    if linear_fit is not None:
-        report["linear_base_fit"] = {k: round(v, 5) for k, v in linear_fit.items()}
-    if cfg.linear_baseline:
-        floor = LinearRenderer(features.shape[1], packed.image_size)
-        fit_linear_base(floor, packed, features, train_rows, cfg.linear_base_alpha)
-        measured = monitor.evaluate(floor.to(state.device), state.device)
-        report["linear_baseline"] = {k: v for k, v in measured.items() if isinstance(v, float)}
-    Image.fromarray(monitor.grid(ema, state.device)).save(monitor.grids_dir / "final.png")
-    _save_generator(Path(out_dir) / "model.pt", ema, features, packed.image_size, report)
-    return {
-        "checkpoint": str(Path(out_dir) / "model.pt"),
-        "grid": str(monitor.grids_dir / "final.png"),
-        **report,
-    }
+    return _finish(cfg, state, monitor, linear_fit, packed, features, train_rows, Path(out_dir))
