@@ -705,44 +705,42 @@ class _HeldOutMonitor:
         return out
 
 
+@dataclass
+class _LinearFit:
+    """The ridge map f -> image fitted once per run: the generator's linear path starts from it,
+    and the report's `linear_baseline` evaluates it alone."""
+
+    renderer: LinearRenderer
+    summary: dict
+
+
 def _initial_generator(
     cfg: Vec2FaceTrainConfig, packed: PackedImages, features: np.ndarray, train_rows: np.ndarray
-) -> tuple[Vec2Face, dict | None]:
-    """G before the first step (seeded), its linear path fitted and frozen as `cfg` says; returns
-    (G, the fit's summary or None)."""
+) -> tuple[Vec2Face, _LinearFit | None]:
+    """G before the first step (seeded), its linear path set and frozen as `cfg` says; returns
+    (G, the ridge fit when the linear path or the linear baseline needs one)."""
     torch.manual_seed(cfg.seed)
     gen = build_generator(cfg, features.shape[1], packed.image_size)
-    linear_fit = None
-    if gen.linear_base is not None and cfg.linear_base_init == "ridge":
-        linear_fit = fit_linear_base(gen, packed, features, train_rows, cfg.linear_base_alpha)
+    ridge_init = gen.linear_base is not None and cfg.linear_base_init == "ridge"
+    fit = None
+    if ridge_init or cfg.linear_baseline:
+        renderer = LinearRenderer(features.shape[1], packed.image_size)
+        summary = fit_linear_base(renderer, packed, features, train_rows, cfg.linear_base_alpha)
+        fit = _LinearFit(renderer, summary)
+    if ridge_init:
+        gen.linear_base.load_state_dict(fit.renderer.linear_base.state_dict())
     if gen.linear_base is not None and not cfg.linear_base_trainable:
         gen.linear_base.requires_grad_(False)
-    return gen, linear_fit
-
-
-def _linear_baseline(
-    cfg: Vec2FaceTrainConfig,
-    packed: PackedImages,
-    features: np.ndarray,
-    train_rows: np.ndarray,
-    monitor: _HeldOutMonitor,
-    device: torch.device,
-) -> dict:
-    """The held-out measures of a plain ridge map f -> image (LinearRenderer)."""
-    floor = LinearRenderer(features.shape[1], packed.image_size)
-    fit_linear_base(floor, packed, features, train_rows, cfg.linear_base_alpha)
-    measured = monitor.evaluate(floor.to(device), device)
-    return {k: v for k, v in measured.items() if isinstance(v, float)}
+    return gen, fit
 
 
 def _finish(
     cfg: Vec2FaceTrainConfig,
     state: TrainState,
     monitor: _HeldOutMonitor,
-    linear_fit: dict | None,
+    linear_fit: _LinearFit | None,
     packed: PackedImages,
     features: np.ndarray,
-    train_rows: np.ndarray,
     out_dir: Path,
 ) -> dict:
     """The trained EMA generator's report, final grid and checkpoint (model.pt)."""
@@ -750,12 +748,11 @@ def _finish(
     seconds = monitor.curve.seconds()
     report = monitor.evaluate(ema, state.device)
     report["curve"] = monitor.curve.add(cfg.epochs, seconds, report)
-    if linear_fit is not None:
-        report["linear_base_fit"] = {k: round(v, 5) for k, v in linear_fit.items()}
-    if cfg.linear_baseline:
-        report["linear_baseline"] = _linear_baseline(
-            cfg, packed, features, train_rows, monitor, state.device
-        )
+    if linear_fit is not None and ema.linear_base is not None and cfg.linear_base_init == "ridge":
+        report["linear_base_fit"] = {k: round(v, 5) for k, v in linear_fit.summary.items()}
+    if linear_fit is not None and cfg.linear_baseline:
+        measured = monitor.evaluate(linear_fit.renderer.to(state.device), state.device)
+        report["linear_baseline"] = {k: v for k, v in measured.items() if isinstance(v, float)}
     Image.fromarray(monitor.grid(ema, state.device)).save(monitor.grids_dir / "final.png")
     _save_generator(out_dir / "model.pt", ema, features, packed.image_size, report)
     return {
@@ -846,4 +843,4 @@ def train_vec2face(
             "data": {"images": packed.fingerprint(), "features": array_fingerprint(features)},
         },
     )
-    return _finish(cfg, state, monitor, linear_fit, packed, features, train_rows, Path(out_dir))
+    return _finish(cfg, state, monitor, linear_fit, packed, features, Path(out_dir))
