@@ -9,6 +9,8 @@ recognizer instance's own training set (same images, same labels, same image cou
 - recon: every real image x replaced by G(f(x)) - the generator's rendering of the teacher's
   feature of x. Real identities, real per-image variation as far as f carries it; only the
   rendering differs. recon vs synthetic isolates sampling; real vs recon isolates rendering.
+- linear: every real image x replaced by the generator's linear path alone, W f(x) + b (generators
+  trained with `model.linear_base`): what the image decoder's residual adds to a ridge map.
 - blur: every real image blurred (Gaussian) until its high-frequency energy (mean squared
   Laplacian of the grey image) matches G(f)'s: the part of rendering that is sharpness alone.
 
@@ -35,6 +37,7 @@ import yaml
 from torchvision.transforms.functional import gaussian_blur
 
 from _env import machine  # benchmarks/_env.py (scripts run from benchmarks/)
+from face_pipelines.image_tensors import images_to_uint8
 from face_pipelines.io.atomic import write_text_atomic
 from face_pipelines.io.packed import PackedImages, PackedWriter
 from face_pipelines.metrics.benchmarks import verification_table
@@ -62,6 +65,16 @@ def blur(images: np.ndarray, sigma: float) -> np.ndarray:
     return out.permute(0, 2, 3, 1).numpy()
 
 
+def linear_render(gen: torch.nn.Module, feats: np.ndarray) -> np.ndarray:
+    """The generator's linear path alone (W f + b) as uint8 [N, H, W, 3] images."""
+    if getattr(gen, "linear_base", None) is None:
+        raise SystemExit("--sets linear needs a generator trained with model.linear_base: true")
+    size = gen.config.image_size
+    with torch.no_grad():
+        x = gen.linear_base(torch.as_tensor(feats, dtype=torch.float32)).view(-1, 3, size, size)
+    return images_to_uint8(x)
+
+
 def write_packed(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
     if root.exists():  # PackedWriter renames its .partial folder into place when complete
         return root
@@ -72,7 +85,7 @@ def write_packed(root: Path, images: np.ndarray, labels: np.ndarray) -> Path:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--sets", default="recon,blur", help="comma list of recon, blur")
+    ap.add_argument("--sets", default="recon,blur", help="comma list of recon, linear, blur")
     ap.add_argument("--data", default=str(REPO / "data"), help="the project's data/ folder")
     ap.add_argument("--work", default="/tmp/decomposition", help="training sets and recognizers")
     ap.add_argument("--out", default=str(RESULTS))
@@ -120,10 +133,12 @@ def main() -> None:
     for name in args.sets.split(","):
         if name == "recon":
             sets[name] = write_packed(work / "recon_packed", recon, labels)
+        elif name == "linear":
+            sets[name] = write_packed(work / "linear_packed", linear_render(gen, feats), labels)
         elif name == "blur":
             sets[name] = write_packed(work / "blur_packed", blur(images, sigma), labels)
         else:
-            raise SystemExit(f"unknown set {name!r}; expected recon or blur")
+            raise SystemExit(f"unknown set {name!r}; expected recon, linear or blur")
     checkpoints, seconds = {}, {}
     for name, root in sets.items():
         t = time.perf_counter()
@@ -141,7 +156,7 @@ def main() -> None:
     for row in rows.values():
         row["ratio_to_real"] = round(row["mean"] / real_mean, 3)
     print(f"{'training set':<12} " + " ".join(f"{b:>7}" for b in bench) + "    mean  ratio")
-    for name in ("real", "blur", "recon", "synthetic"):
+    for name in ("real", "blur", "recon", "linear", "synthetic"):
         if name in rows:
             r = rows[name]
             print(
