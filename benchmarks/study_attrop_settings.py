@@ -10,7 +10,7 @@ seconds (one thread).
 
 Run after the default chain (`kedro run --pipelines synth`):
 
-    python benchmarks/study_attrop_settings.py [--data data] [--rows 128]
+    python benchmarks/study_attrop_settings.py [--data data] [--rows 128] [--sweep newton]
 
 Writes benchmarks/results/attrop_settings.json.
 """
@@ -43,6 +43,19 @@ SWEEP = [
     {"steps_max": 40},
     {"w_id": 30.0},
 ]
+NEWTON = [
+    {},
+    {"pose_newton_steps": 1},
+    {"pose_newton_steps": 2},
+    {"pose_newton_steps": 3},
+    {"pose_newton_steps": 5},
+    {"pose_newton_steps": 8},
+    {"pose_newton_steps": 20},
+    {"pose_newton_steps": 3, "pose_newton_max_step": 1.0},
+    {"pose_newton_steps": 2, "steps_max": 10},
+    {"pose_newton_steps": 2, "steps_max": 6},
+]
+SWEEPS = {"settings": SWEEP, "newton": NEWTON}
 
 
 def main() -> None:
@@ -50,6 +63,12 @@ def main() -> None:
     ap.add_argument("--data", default=str(REPO / "data"), help="the project's data/ folder")
     ap.add_argument("--rows", type=int, default=128, help="AttrOP rows of the plan to optimise")
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument(
+        "--sweep",
+        choices=sorted(SWEEPS),
+        default="settings",
+        help="settings: lr/weights/steps; newton: Gauss-Newton pose steps (pose_newton_steps)",
+    )
     ap.add_argument("--out", default=str(RESULTS))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -75,7 +94,7 @@ def main() -> None:
         f"{'change':<28} {'pose met':>8} {'id met':>7} {'all met':>7} {'steps':>6} "
         f"{'id cos':>7} {'yaw err':>7} {'s':>6}"
     )
-    for change in SWEEP:
+    for change in SWEEPS[args.sweep]:
         cfg = AttrOPConfig(**{**base, **change})
         t0 = time.perf_counter()
         res = attrop(

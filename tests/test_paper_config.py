@@ -101,6 +101,7 @@ def test_attrop_uses_magface_quality_27_and_6drepnet_yaw(paper):
     assert q.checkpoint_kwargs() == {"arch": "iresnet100", "input_size": 112, "embedding_dim": 512}
     assert (a.pose_model.source, a.pose_model.checkpoint) == ("sixdrepnet", None)
     assert (a.lr, a.w_id, a.w_quality, a.w_pose) == (0.1, 100.0, 1.0, 1.0)
+    assert a.pose_newton_steps == 0  # upstream's Adam only, whatever the CPU default
     assert paper["render"].attrop_enabled
 
 

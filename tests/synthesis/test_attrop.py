@@ -320,3 +320,43 @@ def test_attrop_on_cuda_bf16_is_bounded_and_finite():
     res = attrop(gen, c + 0.3, c, [10.0, 20.0, np.nan, 2000.0], None, teacher, pose, None, cfg)
     assert res.steps_used.max() <= cfg.steps_max and res.steps_used[3] == cfg.steps_max
     assert torch.isfinite(res.vectors).all() and np.isfinite(res.id_cos).all()
+
+
+def test_pose_newton_steps_reach_yaw_targets_in_fewer_steps(world):
+    gen, teacher, pose = world
+    n = 8
+    c = _centres(n, seed=5)
+    yaw = torch.tensor([20.0, 25.0, 30.0, 15.0, 22.0, 28.0, 18.0, 26.0])
+    base = dict(steps_max=40, lr=0.05, w_id=1.0, id_tolerance=2.0)  # pose is the only target
+    adam = attrop(gen, c.clone(), c, yaw, None, teacher, pose, None, AttrOPConfig(**base))
+    newton = attrop(
+        gen, c.clone(), c, yaw, None, teacher, pose, None, AttrOPConfig(**base, pose_newton_steps=3)
+    )
+    assert newton.converged.all() and newton.pose_met.all()
+    # Near-linear yaw: a Newton step or two lands where Adam needs many.
+    assert newton.steps_used.max() <= 3
+    assert newton.steps_used.mean() < adam.steps_used.mean()
+    assert np.all(np.abs(yaw.numpy() - np.abs(newton.yaw)) <= 5.0)
+
+
+def test_pose_newton_step_is_capped_and_leaves_rows_without_yaw_target_to_adam(world):
+    gen, teacher, pose = world
+    c = _centres(2, seed=6)
+    cap = 0.01
+    cfg = AttrOPConfig(steps_max=1, lr=0.05, pose_newton_steps=1, pose_newton_max_step=cap)
+    res = attrop(gen, c.clone(), c, [60.0, np.nan], [np.nan, 1e4], teacher, pose, None, cfg)
+    moved = (res.vectors - c).norm(dim=1)
+    # Row 0: one Newton step, no longer than the cap; row 1 (no yaw target): one Adam step.
+    assert moved[0] <= cap * c[0].norm() * (1 + 1e-5) and moved[0] > 0.5 * cap * c[0].norm()
+    plain = attrop(
+        gen,
+        c[1:].clone(),
+        c[1:],
+        [np.nan],
+        [1e4],
+        teacher,
+        pose,
+        None,
+        AttrOPConfig(steps_max=1, lr=0.05),
+    )
+    torch.testing.assert_close(res.vectors[1:], plain.vectors)

@@ -128,6 +128,20 @@ class AttrOPConfig(BaseModel):
         ge=0,
         description="Quality counts as met when quality >= q_target - this (upstream: L_q <= 1).",
     )
+    pose_newton_steps: int = Field(
+        0,
+        ge=0,
+        description="The first N update steps of a row with a yaw target are Gauss-Newton steps "
+        "on its pose residual instead of Adam steps: v += (yaw_target - |yaw|) g / |g|^2 with g = "
+        "d|yaw|/dv, so a generator whose yaw is near-linear in the vector lands on the target in "
+        "one or two steps; Adam then keeps identity and quality. 0 = Adam only (upstream). Each "
+        "counts as a step (one generator forward/backward).",
+    )
+    pose_newton_max_step: float = Field(
+        0.5,
+        gt=0,
+        description="Cap on one Gauss-Newton step's norm, as a fraction of the vector's norm.",
+    )
     masking: Masking = Field(
         "generator_default",
         description="Row masking of the generator during optimisation and for the final image: "
@@ -438,6 +452,18 @@ class _ChunkState:
         self.flags["quality_met"][rows] = ev.quality_ok[sel]
         self.frozen[rows] = True
 
+    def newton_step(
+        self, rows: torch.Tensor, grad: torch.Tensor, residual: torch.Tensor, max_step: float
+    ) -> None:
+        """Gauss-Newton on one scalar residual per row: v += r g / |g|^2, the step's norm capped
+        at max_step x |v|. The Adam moments stay untouched (Adam starts from the new point)."""
+        self.steps[rows] += 1
+        g2 = grad.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-12)
+        delta = residual.unsqueeze(1) * grad / g2
+        cap = max_step * self.v[rows].norm(dim=1, keepdim=True)
+        scale = (cap / delta.norm(dim=1, keepdim=True).clamp_min(1e-12)).clamp(max=1.0)
+        self.v[rows] = self.v[rows] + delta * scale
+
     def adam_step(self, rows: torch.Tensor, grad: torch.Tensor, lr: float) -> None:
         """Adam, per row: frozen rows are never touched, so their state and vector stay as they
         were."""
@@ -519,17 +545,30 @@ def _attrop_chunk(
                 f"attrop: {type(generator).__name__}.generate output does not depend "
                 "differentiably on the vectors; AttrOP needs gradients through the generator"
             )
-        (grad,) = torch.autograd.grad(ev.loss[update].sum(), v_active)
-        grad = grad[update]
+        # Rows in their first pose_newton_steps steps with a yaw target follow |yaw| (one backward
+        # for both kinds: rows are independent, so the gradient of the sum is per row).
+        newton = (st.steps[active] < cfg.pose_newton_steps) & ~torch.isnan(yaw_targets[active])
+        objective = torch.where(newton, ev.yaw.abs(), ev.loss)
+        (grad,) = torch.autograd.grad(objective[update].sum(), v_active)
+        grad, newton = grad[update], newton[update]
+        residual = (yaw_targets[active] - ev.yaw.abs()).detach()[update]
         rows = active[update]
-        finite = torch.isfinite(grad).all(dim=1) & torch.isfinite(ev.loss[update].detach())
+        finite = torch.isfinite(grad).all(dim=1) & torch.isfinite(objective[update].detach())
         if not finite.all():
             bad = update.clone()
             bad[update] = ~finite
             st.flags["diverged"][active[bad]] = True
             st.record(active[bad], bad, ev, images)
-            rows, grad = rows[finite], grad[finite]
-        st.adam_step(rows, grad, cfg.lr)
+            rows, grad, newton, residual = (
+                rows[finite],
+                grad[finite],
+                newton[finite],
+                residual[finite],
+            )
+        if newton.any():
+            st.newton_step(rows[newton], grad[newton], residual[newton], cfg.pose_newton_max_step)
+        if (~newton).any():
+            st.adam_step(rows[~newton], grad[~newton], cfg.lr)
     return st.result()
 
 
