@@ -39,6 +39,24 @@ def test_fixed_threshold_reports_the_calibrated_one_beside_it(real):
     assert report["threshold"] == report["calibrated_threshold"] == pytest.approx(want)
 
 
+def test_threshold_margin_samples_below_the_threshold_the_card_judges_at(real):
+    from face_pipelines.metrics.separability import max_cosine_to_others
+
+    features, labels = real
+    base = dict(n_ids=6, images_per_identity=2, threshold=0.5, calibration_quantile=0.9)
+    plain = make_identity_plan(features, labels, SampleConfig(**base), progress=False)
+    strict = make_identity_plan(
+        features, labels, SampleConfig(**base, threshold_margin=0.3), progress=False
+    )
+    assert plain[3]["sampling_threshold"] == pytest.approx(0.5)
+    assert strict[3]["threshold"] == pytest.approx(0.5)  # what the card judges separability at
+    assert strict[3]["sampling_threshold"] == pytest.approx(0.2)
+    assert strict[3]["leakage_threshold"] == pytest.approx(0.5)
+    # Every pair of kept centres sits below the sampling threshold, not just the judged one.
+    assert max_cosine_to_others(strict[2]).max() <= 0.2 + 1e-6
+    assert max_cosine_to_others(plain[2]).max() <= 0.5 + 1e-6
+
+
 def test_distribution_fitted_on_another_sets_centres(real):
     features, labels = real
     other = np.random.default_rng(1).normal(size=(40, D)).astype(np.float32)

@@ -94,6 +94,15 @@ class CentreSamplingConfig(BaseModel):
         description="candidates with cosine >= this to any REAL identity centre "
         "are rejected as leaked identities (null = the separation threshold)",
     )
+    threshold_margin: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="sample centres this much below the separation threshold (the card still "
+        "judges separability at the threshold itself): rendering scatters identity centres, so "
+        "vectors kept just below the threshold render into centres just above it. 0 = sample at "
+        "the threshold (the paper)",
+    )
     max_rounds: int = Field(50, gt=0, description="candidate rounds before giving up")
     seed: int = Field(0, description="seed")
 
@@ -161,7 +170,7 @@ def sample_centres(
     centres, sample_report = sample_identity_centres(
         dist,
         n_ids,
-        threshold,
+        threshold - cfg.threshold_margin,
         real_centres=real_centres,
         leakage_threshold=leak,
         max_rounds=cfg.max_rounds,
@@ -174,6 +183,7 @@ def sample_centres(
         "synthetic_identities": int(n_ids),
         "images_per_identity": int(k),
         "threshold": float(threshold),
+        "sampling_threshold": float(threshold - cfg.threshold_margin),
         "threshold_calibrated": calibrated,
         "calibrated_threshold": float(calibrated_threshold),
         "calibration_quantile": cfg.calibration_quantile,
