@@ -90,6 +90,7 @@ def test_sampling_at_0_4_with_the_paper_sigma_mix_and_50_images(paper):
     assert [tuple(x) for x in c.sigma_mix] == [(0.3, 0.4), (0.5, 0.4), (0.7, 0.2)]
     assert c.noise == "per_dim"  # the paper's noise, whatever the CPU default
     assert c.leakage_threshold is None  # = the threshold
+    assert c.threshold_margin == 0.0  # sampled at the paper's bar itself
     assert s.distribution_centres is None  # optional: another set's centres by path
 
 
