@@ -32,7 +32,8 @@ def edited_copy(src: Path, dst: Path) -> tuple[Path, dict]:
     old_q = render["jpeg_quality"]
     render["jpeg_quality"] = new_q = 70 if old_q != 70 else 71
     render["note"] = "edited"
-    card["separability"] = round(card["separability"] / 2 + 0.25, 4)
+    old_sep = card["separability"]  # any other value (s / 2 + 0.25 left s = 0.5 unchanged)
+    card["separability"] = 0.25 if abs(old_sep - 0.25) > 1e-3 else 0.75
     (dst / "dataset_card.json").write_text(json.dumps(card, indent=2))
     return dst, {
         "sample.config.images_per_identity": (str(old_n), str(old_n + 2)),
